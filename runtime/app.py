@@ -1,0 +1,122 @@
+"""`outpost run`: the root nursery that owns every part of a live runtime.
+
+Open order (and the reverse close order): store (takes the data-dir lock
+first, so a second runtime touches nothing of the first) -> shared-memory
+segment -> supervisor with the agents -> control socket. SIGTERM/SIGINT or a
+`shutdown` request stops agents in reverse start order, checkpoints and flushes
+the store, removes the socket and the segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import trio
+
+from runtime import __version__
+from runtime.agents import AgentContext, state_stream
+from runtime.config import AgentSpec, Config
+from runtime.control import ControlServer
+from runtime.methods import control_methods
+from runtime.store import StateBook, Store, StoreOptions, open_store
+from runtime.supervisor import Supervisor
+from shm import Segment
+from shm.metrics import heartbeat_age
+
+log = logging.getLogger("outpost")
+
+
+def store_options(config: Config) -> StoreOptions:
+    """The store's options from the [store] section (the checkpoint keys are not the store's)."""
+    s = config.store
+    return StoreOptions(
+        map_size=s["map_size"], map_size_max=s["map_size_max"], durability=s["durability"],
+        fsync_interval_ms=s["fsync_interval_ms"], batch_window_ms=s["batch_window_ms"],
+        max_batch=s["max_batch"], zstd_level=s["zstd_level"])
+
+
+class Runtime:
+    """The live parts of one runtime, as the control methods see them."""
+
+    def __init__(self, config: Config, store: Store, segment: Segment, book: StateBook) -> None:
+        self.config = config
+        self.store = store
+        self.segment = segment
+        self.book = book
+        self.started = time.monotonic()
+        self.shutdown_requested = trio.Event()
+        self.supervisor = Supervisor(config.agents, self.make_context, self.heartbeat_age)
+
+    async def make_context(self, spec: AgentSpec) -> AgentContext:
+        state = await self.book.open(state_stream(spec.name))
+        return AgentContext(spec.name, state, self.segment)
+
+    def heartbeat_age(self, agent: str) -> float | None:
+        found = self.segment.find(f"{agent}:heartbeat")
+        if found is None:
+            return None
+        age = heartbeat_age(self.segment.slot_words(found[0]))
+        return None if age is None else round(age, 3)
+
+    def info(self) -> dict:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "config": str(self.config.path),
+            "data_dir": str(self.config.data_dir),
+            "run_dir": str(self.config.run_dir),
+        }
+
+
+async def run_runtime(config: Config) -> None:
+    """Run until a signal or a shutdown request; raises on a start-up failure."""
+    async with open_store(config.data_dir, store_options(config)) as store:
+        config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(config.run_dir, 0o700)
+        segment = Segment.create(config.segment_path, config.shm_slots)
+        try:
+            s = config.store
+            book = StateBook(store, s["checkpoint_every_ops"], s["checkpoint_every_s"],
+                             s["checkpoint_keep_tail"])
+            rt = Runtime(config, store, segment, book)
+            await _serve(rt)
+        finally:
+            segment.unlink()
+            segment.close()
+    log.info("outpost stopped cleanly")
+
+
+async def _serve(rt: Runtime) -> None:
+    config = rt.config
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            nursery.start_soon(_on_signal, signals, rt.shutdown_requested)
+            nursery.start_soon(rt.book.run)
+            await nursery.start(rt.supervisor.run)
+            server = ControlServer(config.socket_path, control_methods(rt),
+                                   config.allowed_uids, config.allowed_gids)
+            await nursery.start(server.serve)
+            log.info("outpost %s running: %d agent(s), control socket %s", __version__,
+                     len(config.agents), config.socket_path)
+            await rt.shutdown_requested.wait()
+            log.info("shutting down: stopping agents in reverse start order")
+            with trio.CancelScope(shield=True), \
+                    trio.move_on_after(config.shutdown_timeout_s) as waited:
+                await rt.supervisor.stop()
+                await rt.book.checkpoint_all()
+                await rt.store.flush()
+            if waited.cancelled_caught:
+                log.error("shutdown took longer than %.1fs; cancelling what is left",
+                          config.shutdown_timeout_s)
+            nursery.cancel_scope.cancel()
+
+
+async def _on_signal(signals: trio.abc.ReceiveChannel, shutdown: trio.Event) -> None:
+    async for signum in signals:
+        log.info("received %s", signal.Signals(signum).name)
+        shutdown.set()
+

@@ -1,0 +1,192 @@
+"""`outpost` command line. `run` starts a runtime; every other command is only a client.
+
+Exit codes: 0 ok, 1 the operation failed, 2 usage or config error,
+3 no runtime running (the message says how to start one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime import __version__
+from runtime.cli.format import status_table
+from runtime.config import ConfigError, load_config
+from runtime.control import ControlClient, NotRunningError, RemoteError
+from runtime.store import StoreError
+from shm import SegmentError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+DEFAULT_CONFIG = "outpost.toml"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="outpost", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"outpost {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def client(name: str, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        c = parent.add_parser(name, help=help)
+        c.add_argument("--config", default=None,
+                       help=f"config file that names the runtime (default ./{DEFAULT_CONFIG})")
+        c.add_argument("--socket", default=None, help="control socket path (overrides --config)")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        return c
+
+    run = sub.add_parser("run", help="run the runtime in the foreground")
+    run.add_argument("--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+
+    status = client("status", "one row per agent")
+    status.add_argument("agent", nargs="?", help="only this agent")
+
+    state = sub.add_parser("state", help="agents' durable state")
+    state_sub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    get = client("get", "print an agent's state (or one key)", state_sub)
+    get.add_argument("agent")
+    get.add_argument("key", nargs="?")
+
+    client("metrics", "shared-memory metrics (Prometheus text; --json for a snapshot)")
+    client("info", "version, pid, uptime and paths of the runtime")
+    client("stop", "shut the runtime down cleanly and wait until it has exited")
+    return p
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    return load_config(args.config or DEFAULT_CONFIG).socket_path
+
+
+def _connect(args: argparse.Namespace) -> ControlClient:
+    path = _socket_path(args)
+    try:
+        return ControlClient(path)
+    except NotRunningError as exc:
+        hint = f"outpost run --config {args.config}" if args.config else "outpost run"
+        raise CliError(f"outpost: {exc}; start it with `{hint}`", EXIT_NOT_RUNNING) from None
+
+
+def _call(args: argparse.Namespace, method: str, **params: Any) -> Any:
+    with _connect(args) as client:
+        return client.call(method, **params)
+
+
+def _emit(args: argparse.Namespace, result: Any, human: str) -> None:
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else human)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from runtime.app import run_runtime
+
+    config = load_config(args.config)
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        trio.run(run_runtime, config)
+    except BaseException as exc:
+        cause = _start_failure(exc)
+        if cause is None:
+            raise
+        raise CliError(f"outpost: cannot start: {cause}", EXIT_FAILED) from None
+    return EXIT_OK
+
+
+def _start_failure(exc: BaseException) -> BaseException | None:
+    """The one expected start-up error inside `exc` (nurseries wrap it in groups), if any."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, StoreError | SegmentError | OSError) else None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    params = {"agent": args.agent} if args.agent else {}
+    result = _call(args, "status", **params)
+    _emit(args, result, status_table(result["agents"]))
+    return EXIT_OK
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"agent": args.agent}
+    if args.key is not None:
+        params["key"] = args.key
+    result = _call(args, "state.get", **params)
+    if args.key is not None:
+        human = json.dumps(result["value"])
+    else:
+        human = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(result["state"].items()))
+    _emit(args, result, human)
+    return EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    if args.json:
+        _emit(args, _call(args, "metrics"), "")
+    else:
+        sys.stdout.write(_call(args, "metrics", format="prometheus")["text"])
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    result = _call(args, "info")
+    _emit(args, result, "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    path = _socket_path(args)
+    result = _call(args, "shutdown")
+    deadline = time.monotonic() + 60
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the CLI polls the runtime's exit, a user-facing wait
+    if path.exists():
+        raise CliError(f"outpost: runtime pid {result['pid']} did not exit within 60s",
+                       EXIT_FAILED)
+    _emit(args, {"stopped": True, "pid": result["pid"]},
+          f"outpost runtime pid {result['pid']} stopped")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "state": cmd_state,
+    "metrics": cmd_metrics,
+    "info": cmd_info,
+    "stop": cmd_stop,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `outpost` console script and of the binary."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"outpost: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CliError as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
+    except RemoteError as exc:
+        print(f"outpost: {exc.code}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Local control: a sans-IO protocol, a thin trio server, and a blocking client."""
+
+from runtime.control.client import ControlClient, NotRunningError, RemoteError
+from runtime.control.protocol import Connection, ProtocolError
+from runtime.control.server import ControlServer, MethodError
+
+__all__ = [
+    "Connection",
+    "ControlClient",
+    "ControlServer",
+    "MethodError",
+    "NotRunningError",
+    "ProtocolError",
+    "RemoteError",
+]
