@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from runtime import __version__
-from runtime.cli.format import status_table
+from runtime.cli.format import status_table, table
 from runtime.config import ConfigError, load_config
 from runtime.control import ControlClient, NotRunningError, RemoteError
+from runtime.frozen import bind_to_bootloader
 from runtime.store import StoreError
-from shm import SegmentError
+from shm import Segment, SegmentError, SegmentNotLiveError, prometheus_text, read_slots, snapshot
+from shm.segment import COUNTER, HEARTBEAT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 DEFAULT_CONFIG = "outpost.toml"
@@ -112,10 +114,55 @@ def _start_failure(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, StoreError | SegmentError | OSError) else None
 
 
+def _segment_path(args: argparse.Namespace) -> Path:
+    """The runtime's shared-memory segment: next to its control socket, in the run dir."""
+    if args.socket:
+        return Path(args.socket).parent / "outpost.shm"
+    return load_config(args.config or DEFAULT_CONFIG).segment_path
+
+
+def _attach_segment(args: argparse.Namespace) -> Segment:
+    """Read-only attach of the runtime's segment; exit 3 if no live runtime owns it."""
+    try:
+        return Segment.attach(_segment_path(args))
+    except SegmentNotLiveError as exc:
+        hint = f"outpost run --config {args.config}" if args.config else "outpost run"
+        raise CliError(f"outpost: {exc}; start it with `{hint}`", EXIT_NOT_RUNNING) from None
+    except SegmentError as exc:
+        raise CliError(f"outpost: {exc}", EXIT_FAILED) from None
+
+
+def _overlay_segment(args: argparse.Namespace, agents: list[dict]) -> bool:
+    """Fill heartbeat ages and counters of `agents` straight from the segment.
+
+    The RPC gave the supervisor's view; the segment is fresher and is what the
+    agents write. If it cannot be attached the RPC values stay (returns False).
+    """
+    try:
+        with _attach_segment(args) as segment:
+            readings = {r.name: r for r in read_slots(segment)}
+    except CliError:
+        return False
+    for row in agents:
+        beat = readings.get(f"{row['name']}:heartbeat")
+        if beat is not None and beat.kind == HEARTBEAT:
+            row["heartbeat_age_s"] = None if beat.value is None else round(beat.value, 3)
+        prefix = f"{row['name']}:"
+        row["counters"] = {name[len(prefix):]: r.value for name, r in sorted(readings.items())
+                           if name.startswith(prefix) and r.kind == COUNTER}
+    return True
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     params = {"agent": args.agent} if args.agent else {}
     result = _call(args, "status", **params)
-    _emit(args, result, status_table(result["agents"]))
+    _overlay_segment(args, result["agents"])
+    human = status_table(result["agents"])
+    counters = [(a["name"], metric, value) for a in result["agents"]
+                for metric, value in a.get("counters", {}).items()]
+    if counters:
+        human += "\n\n" + table(["AGENT", "COUNTER", "VALUE"], counters)
+    _emit(args, result, human)
     return EXIT_OK
 
 
@@ -133,10 +180,18 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    if args.json:
-        _emit(args, _call(args, "metrics"), "")
-    else:
-        sys.stdout.write(_call(args, "metrics", format="prometheus")["text"])
+    """Prometheus text (or a --json snapshot) read from the segment itself, no RPC.
+
+    Only a read-only mapping of the file, so it is cheap and safe from cron,
+    e.g. `outpost metrics > dir/outpost.prom.tmp && mv dir/outpost.prom.tmp
+    dir/outpost.prom` for node_exporter's textfile collector.
+    """
+    with _attach_segment(args) as segment:
+        if args.json:
+            _emit(args, {"metrics": snapshot(segment), "segment": str(segment.path),
+                         "runtime_pid": segment.creator_pid}, "")
+        else:
+            sys.stdout.write(prometheus_text(segment))
     return EXIT_OK
 
 
@@ -172,6 +227,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `outpost` console script and of the binary."""
+    bind_to_bootloader()
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
