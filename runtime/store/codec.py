@@ -36,10 +36,18 @@ def pack(value: Any, limit: int = MAX_RECORD_BYTES) -> bytes:
 
 
 def unpack(data: bytes, limit: int = MAX_RECORD_BYTES) -> Any:
-    """Inverse of pack, with msgpack's buffer limits so hostile bytes cannot balloon."""
-    return msgpack.unpackb(
-        data, raw=False, strict_map_key=False, max_bin_len=limit, max_str_len=limit, max_array_len=limit, max_map_len=limit,
-    )
+    """Inverse of pack, refusing input over `limit` bytes.
+
+    msgpack also bounds every container and string by the input's length, so
+    hostile bytes cannot make it allocate more than they could describe.
+    """
+    if len(data) > limit:
+        raise StoreError(f"stored value of {len(data)} bytes exceeds the {limit}-byte limit")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, max_bin_len=limit,
+                               max_str_len=limit, max_array_len=limit, max_map_len=limit)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise StoreError(f"stored value is not valid msgpack: {exc}") from None
 
 
 def encode_checkpoint(covered_seq: int, payload: bytes, level: int = 3) -> bytes:

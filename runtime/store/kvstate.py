@@ -9,6 +9,7 @@ of the ops after it. Checkpoints are taken off the hot path by `StateBook.run`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -35,7 +36,10 @@ def apply_op(data: dict, op: list) -> Any:
 
     Total and deterministic, so replaying a log always gives the same state.
     """
-    kind, key, arg = op
+    try:
+        kind, key, arg = op
+    except (TypeError, ValueError):
+        raise StoreError(f"not a state op record: {op!r:.200}") from None
     if kind == SET:
         data[key] = arg
     elif kind == DELETE:
@@ -76,22 +80,38 @@ class KeyValueState:
 
     @classmethod
     async def load(cls, store: Store, stream: str) -> KeyValueState:
-        """Newest verified checkpoint + replay of every op after it."""
+        """Newest verified checkpoint + replay of every op after it.
+
+        Bad checkpoints are quarantined by the store and an older one is used
+        with a longer replay. StoreError (and no state) if what is left cannot
+        rebuild the stream exactly: a WAL gap, or a WAL that ends before the
+        stream's last committed seq. Unverified state is never loaded.
+        """
         data: dict = {}
         covered = 0
+        last = store.last_seq(stream)
         found = await store.load_checkpoint(stream)
         if found is not None:
             covered, payload = found
-            data = codec.unpack(payload, codec.MAX_CHECKPOINT_BYTES)
+            data = await trio.to_thread.run_sync(codec.unpack, payload,
+                                                 codec.MAX_CHECKPOINT_BYTES)
             if not isinstance(data, dict):
                 raise StoreError(f"checkpoint of {stream!r} at seq {covered} is not a map")
-        applied = covered
-        for seq, op in store.read(stream, covered + 1):
-            if seq != applied + 1 and applied != 0:
-                raise StoreError(f"stream {stream!r}: WAL gap after seq {applied} (next {seq}); "
-                                 "the checkpoint that covered it is missing")
-            apply_op(data, op)
-            applied = seq
+
+        def replay_one(seq: int, op: Any) -> None:
+            try:
+                apply_op(data, op)
+            except (StoreError, TypeError, ValueError, AttributeError) as exc:
+                raise StoreError(f"stream {stream!r} seq {seq}: cannot replay: {exc}") from None
+
+        applied = await trio.to_thread.run_sync(store.replay, stream, covered + 1, replay_one)
+        if applied < last:
+            raise StoreError(
+                f"stream {stream!r}: state rebuilt only up to seq {applied} but the stream "
+                f"reached seq {last}; the records after {applied} are gone and no verified "
+                "checkpoint covers them (see the quarantine; restore from a backup)")
+        log.info("state %r recovered: checkpoint at seq %d + %d replayed op(s), now at seq %d",
+                 stream, covered, applied - covered, applied)
         return cls(store, stream, data, applied, covered)
 
     # -- reads ---------------------------------------------------------------
@@ -160,10 +180,16 @@ class KeyValueState:
         return await self._write([MERGE, _key(key), dict(fields)])
 
     async def checkpoint(self, keep_tail: int = 0) -> int:
-        """Checkpoint the state as of now; prunes the covered WAL but `keep_tail` ops."""
-        seq, payload = self.applied_seq, codec.pack(self._data, codec.MAX_CHECKPOINT_BYTES)
-        if seq == 0 or seq == self.checkpoint_seq:
+        """Checkpoint the state as of now; returns the seq it covers.
+
+        The payload is packed here, in one step with reading `applied_seq`, so it
+        is exactly the state at that seq; compression and the write happen off
+        the event loop. The store prunes the WAL that retention no longer needs.
+        """
+        seq = self.applied_seq
+        if seq == 0 or seq <= self.checkpoint_seq:
             return self.checkpoint_seq
+        payload = codec.pack(self._data, codec.MAX_CHECKPOINT_BYTES)
         await self.store.write_checkpoint(self.stream, seq, payload, keep_tail)
         self.checkpoint_seq = max(self.checkpoint_seq, seq)
         return seq
@@ -188,38 +214,55 @@ class StateBook:
         self.every_ops = every_ops
         self.every_s = every_s
         self.keep_tail = keep_tail
+        self.checkpoints_written = 0
         self._states: dict[str, KeyValueState] = {}
+        self._loading = trio.Lock()
         self._due = trio.Event()
 
     async def open(self, stream: str) -> KeyValueState:
         """The state of `stream`, loaded once and shared afterwards."""
         state = self._states.get(stream)
         if state is None:
-            state = await KeyValueState.load(self.store, stream)
-            state.on_dirty = self._note_dirty
-            self._states[stream] = state
+            async with self._loading:  # two openers of one stream must share one load
+                state = self._states.get(stream)
+                if state is None:
+                    state = await KeyValueState.load(self.store, stream)
+                    state.on_dirty = self._note_dirty
+                    self._states[stream] = state
         return state
 
     def _note_dirty(self, state: KeyValueState) -> None:
         if state.ops_since_checkpoint >= self.every_ops:
             self._due.set()
 
-    async def checkpoint_all(self) -> int:
-        """Checkpoint every state that changed; returns how many were written."""
+    async def checkpoint_all(self, only_due: bool = False) -> int:
+        """Checkpoint every state that changed (or, with `only_due`, that reached
+        `every_ops`); returns how many were written."""
         written = 0
         for state in list(self._states.values()):
-            if state.ops_since_checkpoint > 0:
+            pending = state.ops_since_checkpoint
+            if pending > 0 and (not only_due or pending >= self.every_ops):
                 try:
                     await state.checkpoint(self.keep_tail)
                     written += 1
                 except StoreError as exc:
                     log.error("checkpoint of %r failed: %s", state.stream, exc)
+        self.checkpoints_written += written
         return written
 
     async def run(self) -> None:
-        """Checkpoint in the background until cancelled."""
+        """Checkpoint in the background until cancelled: a state is checkpointed
+        once it has `every_ops` new ops, and every `every_s` seconds if it changed
+        at all. Writers never wait for this (off the hot path)."""
+        deadline = trio.current_time() + self.every_s
         while True:
-            with trio.move_on_after(self.every_s):
+            with trio.move_on_at(deadline):
                 await self._due.wait()
             self._due = trio.Event()
-            await self.checkpoint_all()
+            timed_out = trio.current_time() >= deadline
+            await self.checkpoint_all(only_due=not timed_out)
+            if timed_out:
+                deadline = trio.current_time() + self.every_s
+                # Also the periodic moment to clear reader slots of dead processes.
+                with contextlib.suppress(StoreError):
+                    self.store.reader_check()

@@ -8,17 +8,28 @@ transactions.
 LMDB layout (named databases in one environment, so a checkpoint and the pruning
 of the WAL it covers commit atomically):
 
-    wal         stream NUL seq(>Q)  -> msgpack record
-    checkpoints stream NUL seq(>Q)  -> checkpoint blob (see codec)
-    quarantine  stream NUL seq(>Q)  -> a checkpoint that failed verification
+    wal             stream NUL seq(>Q)  -> msgpack record
+    checkpoints     stream NUL seq(>Q)  -> checkpoint blob (see codec)
+    quarantine      stream NUL seq(>Q)  -> a checkpoint that failed verification, as found
+    quarantine_why  stream NUL seq(>Q)  -> utf-8: when and why it was quarantined
+
+Checkpoint retention (why the WAL outlives the newest checkpoint): a stream keeps
+its `keep_checkpoints` newest checkpoints (default 2) and the WAL after the OLDEST
+of them. So if the newest checkpoint fails verification at recovery, the previous
+one plus a longer replay still rebuilds the exact state. Until a stream has
+`keep_checkpoints` checkpoints nothing is pruned (the fallback is a replay from
+seq 1). With `keep_checkpoints = 1` a bad checkpoint cannot be recovered from and
+loading fails loudly instead of returning partial state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import struct
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,33 +41,81 @@ import trio
 from runtime.store import codec
 from runtime.store.errors import CorruptCheckpointError, StoreError
 from runtime.store.lock import DataDirLock
-from runtime.store.writer import GroupCommitWriter, Txn, WriteOp
+from runtime.store.writer import CommitHook, GroupCommitWriter, ResizeGate, Txn, WriteOp
 
 log = logging.getLogger("outpost.store")
 
 _SEQ = struct.Struct(">Q")
 _MAX_STREAM = 200
+DURABILITY_MODES = ("sync", "interval")
 
 
 @dataclass(frozen=True)
 class StoreOptions:
-    """How the store opens and commits. Defaults suit a small edge host."""
+    """How the store opens and commits. Defaults suit a small edge host.
+
+    durability:
+      "sync" (default): a write is acknowledged only after the LMDB commit that
+        carries it returned, and that commit fsynced data and meta page.
+      "interval": acknowledged as soon as its commit returned (in the OS page
+        cache); the writer fsyncs at least every `fsync_interval_ms` while there
+        is unsynced data. A process crash (kill -9) loses nothing; a power loss
+        or kernel crash can lose the writes acknowledged in the last
+        `fsync_interval_ms` (plus the fsync's own duration).
+    batch_window_ms: how long the writer lingers for more ops once one arrived
+      (0 = commit what is waiting as soon as the previous commit returned).
+    max_batch: most ops in one write transaction.
+    keep_checkpoints: checkpoints kept per stream; the WAL after the oldest of
+      them is kept so a bad newest checkpoint can be recovered from (>= 2 for that).
+    """
 
     map_size: int = 64 << 20
     map_size_max: int = 1 << 30
-    durability: str = "sync"  # "sync": ack after fsync; "interval": ack at once
-    fsync_interval_ms: int = 100  # interval mode: at most this much acked data at risk
+    durability: str = "sync"
+    fsync_interval_ms: int = 100
     batch_window_ms: float = 0.0
     max_batch: int = 4096
     zstd_level: int = 3
     max_record_bytes: int = codec.MAX_RECORD_BYTES
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise StoreError(f"store option {key} = {getattr(self, key)!r}: {what}")
+        need(self.durability in DURABILITY_MODES, "durability",
+             f"must be one of {', '.join(DURABILITY_MODES)}")
+        need(self.map_size >= 1 << 16, "map_size", "must be at least 64 KiB")
+        need(self.map_size_max >= self.map_size, "map_size_max", "must be >= map_size")
+        need(1 <= self.fsync_interval_ms <= 60_000, "fsync_interval_ms", "must be 1..60000")
+        need(0 <= self.batch_window_ms <= 100, "batch_window_ms", "must be 0..100 (ms)")
+        need(self.max_batch >= 1, "max_batch", "must be >= 1")
+        need(1 <= self.zstd_level <= 22, "zstd_level", "must be 1..22")
+        need(1 <= self.max_record_bytes <= codec.MAX_RECORD_BYTES, "max_record_bytes",
+             f"must be 1..{codec.MAX_RECORD_BYTES}")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1 (2 allows fallback)")
 
 
+@functools.lru_cache(maxsize=4096)
 def _stream_key(stream: str) -> bytes:
-    raw = stream.encode("utf-8")
+    raw = stream.encode("utf-8") if isinstance(stream, str) else b""
     if not raw or len(raw) > _MAX_STREAM or b"\0" in raw:
-        raise StoreError(f"stream name must be 1..{_MAX_STREAM} bytes without NUL: {stream!r}")
+        raise StoreError(f"stream name must be a string of 1..{_MAX_STREAM} UTF-8 bytes "
+                         f"without NUL, got {stream!r}")
     return raw + b"\0"
+
+
+def _seq_taken(stream: str, seq: int) -> StoreError:
+    # Counters come from the newest key at open and move only in the writer, so
+    # this means the database changed under the store: refuse rather than overwrite.
+    return StoreError(f"stream {stream!r}: seq {seq} is already stored; the data dir was "
+                      "changed by something other than this store")
+
+
+def _no_abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+    # An op in the writer's hands cannot be withdrawn; the waiter learns its fate
+    # (at most one commit later) and the cancellation is delivered after that.
+    return trio.lowlevel.Abort.FAILED
 
 
 class Store:
@@ -77,18 +136,29 @@ class Store:
         except lmdb.Error as exc:
             self._lock.release()
             raise StoreError(f"cannot open store in {path}: {exc}") from None
-        stale = self.env.reader_check()
-        if stale:
-            log.warning("cleared %d stale LMDB reader slot(s) left by dead processes", stale)
-        self._wal = self.env.open_db(b"wal")
-        self._ckpt = self.env.open_db(b"checkpoints")
-        self._quarantine = self.env.open_db(b"quarantine")
-        self._seqs = self._load_last_seqs()
+        try:
+            # A process killed inside a read txn leaves its reader slot behind,
+            # pinning old pages so the file grows: clear those first.
+            self.stale_readers_cleared = self.env.reader_check()
+            if self.stale_readers_cleared:
+                log.warning("cleared %d stale LMDB reader slot(s) left by dead processes",
+                            self.stale_readers_cleared)
+            self._wal = self.env.open_db(b"wal")
+            self._ckpt = self.env.open_db(b"checkpoints")
+            self._quarantine = self.env.open_db(b"quarantine")
+            self._quarantine_why = self.env.open_db(b"quarantine_why")
+            self._gate = ResizeGate()
+            seqs = self._load_last_seqs()
+        except BaseException:
+            self.env.close()
+            self._lock.release()
+            raise
         self._writer = GroupCommitWriter(
-            self.env, self._seqs, sync=options.durability == "sync",
+            self.env, seqs, sync=options.durability == "sync",
             fsync_interval=options.fsync_interval_ms / 1000,
             batch_window=options.batch_window_ms / 1000, max_batch=options.max_batch,
-            map_size_max=options.map_size_max)
+            map_size_max=options.map_size_max, gate=self._gate)
+        self._closed = False
 
     def _load_last_seqs(self) -> dict[bytes, int]:
         """Newest seq of every stream, found by jumping between prefixes (not a full scan)."""
@@ -110,12 +180,47 @@ class Store:
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
-            raise StoreError("an LMDB environment must not be used across fork")
+            raise StoreError(f"this store was opened in process {self._pid} and this is a "
+                             f"forked child ({os.getpid()}): an LMDB environment must not be "
+                             "used across fork; open the store in the child instead")
+
+    @contextlib.contextmanager
+    def _reading(self, db: Any) -> Any:
+        self._check_pid()
+        if self._closed:
+            raise StoreError("the store is closed")
+        with self._gate.reading(), self.env.begin(db=db) as txn:
+            yield txn
+
+    # -- diagnostics ---------------------------------------------------------------
 
     @property
     def commits(self) -> int:
         """Write transactions committed so far (each one covers a whole batch)."""
         return self._writer.commits
+
+    @property
+    def fsyncs(self) -> int:
+        """Explicit fsyncs the writer ran (interval mode; sync mode fsyncs in commit)."""
+        return self._writer.fsyncs
+
+    @property
+    def map_size(self) -> int:
+        """The current size of the LMDB map in bytes (grows up to map_size_max)."""
+        return self.env.info()["map_size"]
+
+    def set_commit_hooks(self, before: CommitHook | None = None,
+                         after: CommitHook | None = None) -> None:
+        """Observe commits: `before(batch_no, ops)` runs in the writer thread just
+        before `commit()`, `after(batch_no, ops)` just after it returned. For tests
+        and diagnostics; keep them quick (they run on the commit path)."""
+        self._writer.before_commit = before
+        self._writer.after_commit = after
+
+    def reader_check(self) -> int:
+        """Clear reader slots of dead processes; returns how many were cleared."""
+        self._check_pid()
+        return self.env.reader_check()
 
     # -- writes --------------------------------------------------------------------
 
@@ -123,18 +228,19 @@ class Store:
                       on_durable: Callable[[Any], None] | None = None) -> Any:
         self._check_pid()
         op = WriteOp(apply, on_durable)
+        op.task = trio.lowlevel.current_task()
         self._writer.submit(op)
-        await op.done.wait()
-        if op.error is not None:
-            raise op.error
-        return op.result
+        return await trio.lowlevel.wait_task_rescheduled(_no_abort)
 
     async def append(self, stream: str, record: Any,
                      on_durable: Callable[[int], None] | None = None) -> int:
         """Append `record` to `stream`; returns its sequence number once durable.
 
         `on_durable(seq)` runs in commit order before this returns, so callers
-        can keep an in-memory view that matches the log exactly.
+        can keep an in-memory view that matches the log exactly. Once handed to
+        the writer the append cannot be withdrawn: a cancellation is delivered
+        after its commit (or failure), so a returned seq is always durable and a
+        raised StoreError always means nothing was stored.
         """
         prefix = _stream_key(stream)
         data = codec.pack(record, self.options.max_record_bytes)
@@ -142,52 +248,121 @@ class Store:
 
         def apply(tx: Txn) -> int:
             seq = tx.next_seq(prefix)
-            tx.txn.put(prefix + _SEQ.pack(seq), data, db=wal, append=True)
+            # Not append=True: MDB_APPEND compares with the last key of the whole
+            # database (another stream's), and py-lmdb then returns False instead
+            # of raising, which would silently drop the record.
+            if not tx.txn.put(prefix + _SEQ.pack(seq), data, db=wal, overwrite=False):
+                raise _seq_taken(stream, seq)
             return seq
 
         return await self._submit(apply, on_durable)
 
-    async def append_many(self, stream: str, records: Iterable[Any]) -> list[int]:
-        """Append several records in one op (always in one transaction); their seqs."""
+    async def append_many(self, stream: str, records: Iterable[Any],
+                          on_durable: Callable[[list[int]], None] | None = None) -> list[int]:
+        """Append several records in one op (always one transaction: all or none);
+        returns their consecutive seqs once durable."""
         prefix = _stream_key(stream)
         limit = self.options.max_record_bytes
         datas = [codec.pack(r, limit) for r in records]
+        if not datas:
+            return []
         wal = self._wal
+        pack_seq = _SEQ.pack
 
         def apply(tx: Txn) -> list[int]:
-            put = tx.txn.put
-            seqs = []
-            for data in datas:
-                seq = tx.next_seq(prefix)
-                put(prefix + _SEQ.pack(seq), data, db=wal, append=True)
-                seqs.append(seq)
-            return seqs
+            first = tx.take_seqs(prefix, len(datas))
+            seqs = range(first, first + len(datas))
+            items = [(prefix + pack_seq(s), d) for s, d in zip(seqs, datas, strict=True)]
+            cursor = tx.txn.cursor(db=wal)
+            # MDB_APPEND (the bulk fast path) is only valid when these keys sort after
+            # every key in the database, i.e. this stream holds the last key.
+            at_end = not cursor.last() or cursor.key() < items[0][0]
+            added = cursor.putmulti(items, overwrite=False, append=at_end)[1]
+            if added != len(items):
+                raise _seq_taken(stream, first)
+            return list(seqs)
 
-        return await self._submit(apply)
+        return await self._submit(apply, on_durable)
 
     async def write_checkpoint(self, stream: str, covered_seq: int, payload: bytes,
                                keep_tail: int = 0) -> None:
         """Store a checkpoint covering `stream` up to `covered_seq` and, in the same
-        transaction, prune the WAL it covers except the newest `keep_tail` records."""
-        prefix = _stream_key(stream)
-        blob = await trio.to_thread.run_sync(
-            codec.encode_checkpoint, covered_seq, payload, self.options.zstd_level)
+        transaction, retire old checkpoints and prune the WAL nobody needs.
 
-        def apply(tx: Txn) -> None:
+        Kept afterwards: the `keep_checkpoints` newest checkpoints, the WAL after
+        the oldest of them, and at least the newest `keep_tail` covered records.
+        Refused (StoreError, nothing written): a seq past the stream's end or not
+        newer than its newest checkpoint.
+        """
+        prefix = _stream_key(stream)
+        if not isinstance(covered_seq, int) or covered_seq < 1:
+            raise StoreError(f"checkpoint of {stream!r}: covered_seq must be an int >= 1, "
+                             f"got {covered_seq!r}")
+        if not isinstance(keep_tail, int) or keep_tail < 0:
+            raise StoreError(f"checkpoint of {stream!r}: keep_tail must be an int >= 0")
+        blob = await trio.to_thread.run_sync(
+            codec.encode_checkpoint, covered_seq, bytes(payload), self.options.zstd_level)
+        keep = self.options.keep_checkpoints
+
+        def apply(tx: Txn) -> int:
+            last = tx.last_seq(prefix)
+            if covered_seq > last:
+                raise StoreError(f"checkpoint of {stream!r} at seq {covered_seq} is past the "
+                                 f"stream's last seq {last}")
+            existing = self._seqs_of(tx.txn, self._ckpt, prefix)
+            if existing and covered_seq <= existing[-1]:
+                raise StoreError(f"checkpoint of {stream!r} at seq {covered_seq} is not newer "
+                                 f"than the stored one at seq {existing[-1]}")
             tx.txn.put(prefix + _SEQ.pack(covered_seq), blob, db=self._ckpt)
-            self._delete_range(tx.txn, self._wal, prefix, covered_seq - keep_tail)
+            kept = [*existing, covered_seq][-keep:]
+            for old in existing:
+                if old < kept[0]:
+                    tx.txn.delete(prefix + _SEQ.pack(old), db=self._ckpt)
+            if len(existing) + 1 < keep:
+                return 0  # fewer checkpoints than kept: the fallback is a replay from seq 1
+            return self._delete_range(tx.txn, self._wal, prefix,
+                                      min(kept[0], covered_seq - keep_tail))
 
         await self._submit(apply)
 
-    async def prune(self, stream: str, upto_seq: int) -> int:
-        """Delete WAL records of `stream` with seq <= upto_seq; returns how many."""
+    async def prune(self, stream: str, upto_seq: int | None = None, *,
+                    uncovered: bool = False) -> int:
+        """Delete WAL records of `stream` with seq <= `upto_seq`; returns how many.
+
+        Default `upto_seq`: the oldest kept checkpoint (what retention allows).
+        Pruning past the newest checkpoint loses records no checkpoint covers, so
+        it is refused unless `uncovered=True` (plain logs without checkpoints).
+        """
         prefix = _stream_key(stream)
-        return await self._submit(
-            lambda tx: self._delete_range(tx.txn, self._wal, prefix, upto_seq))
+
+        def apply(tx: Txn) -> int:
+            ckpts = self._seqs_of(tx.txn, self._ckpt, prefix)
+            upto = upto_seq
+            if upto is None:
+                upto = ckpts[0] if ckpts else 0
+            if not uncovered and upto > (ckpts[-1] if ckpts else 0):
+                raise StoreError(
+                    f"prune of {stream!r} up to seq {upto} goes past its newest checkpoint "
+                    f"({ckpts[-1] if ckpts else 'none'}): checkpoint first, or pass "
+                    "uncovered=True for a plain log")
+            return self._delete_range(tx.txn, self._wal, prefix, upto)
+
+        return await self._submit(apply)
 
     async def flush(self) -> None:
         """Return once everything submitted before this call is committed."""
         await self._submit(lambda tx: None)
+
+    @staticmethod
+    def _seqs_of(txn: lmdb.Transaction, db: Any, prefix: bytes) -> list[int]:
+        cursor = txn.cursor(db=db)
+        seqs = []
+        if cursor.set_range(prefix):
+            for key in cursor.iternext(values=False):
+                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                    break
+                seqs.append(_SEQ.unpack(key[-8:])[0])
+        return seqs
 
     @staticmethod
     def _delete_range(txn: lmdb.Transaction, db: Any, prefix: bytes, upto_seq: int) -> int:
@@ -208,75 +383,136 @@ class Store:
     def read(self, stream: str, from_seq: int = 1, limit: int | None = None) \
             -> list[tuple[int, Any]]:
         """Records of `stream` with seq >= from_seq, oldest first, as (seq, record)."""
-        self._check_pid()
-        prefix = _stream_key(stream)
         out: list[tuple[int, Any]] = []
-        limit_bytes = self.options.max_record_bytes
-        with self.env.begin(db=self._wal) as txn:
-            cursor = txn.cursor()
-            if not cursor.set_range(prefix + _SEQ.pack(max(0, from_seq))):
-                return out
-            for key, value in cursor:
-                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
-                    break
-                out.append((_SEQ.unpack(key[-8:])[0], codec.unpack(value, limit_bytes)))
-                if limit is not None and len(out) >= limit:
-                    break
+        if limit is None or limit > 0:
+            self._scan(stream, from_seq, lambda seq, rec: out.append((seq, rec)),
+                       check_gaps=False, limit=limit)
         return out
+
+    def replay(self, stream: str, from_seq: int, fn: Callable[[int, Any], Any]) -> int:
+        """Call `fn(seq, record)` for every record of `stream` from `from_seq` on, in
+        one read transaction; returns the last seq seen (from_seq - 1 if none).
+
+        StoreError if the WAL does not continue gap-free from `from_seq` (records
+        were pruned that nothing covers). Synchronous: run long replays in a thread.
+        """
+        return self._scan(stream, from_seq, fn, check_gaps=True)
+
+    def _scan(self, stream: str, from_seq: int, fn: Callable[[int, Any], Any],
+              check_gaps: bool, limit: int | None = None) -> int:
+        prefix = _stream_key(stream)
+        plen = len(prefix)
+        klen = plen + 8
+        size_limit = self.options.max_record_bytes
+        unpack = codec.unpack
+        expect = from_seq = max(1, from_seq)
+        count = 0
+        with self._reading(self._wal) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix + _SEQ.pack(from_seq)):
+                for key, value in cursor.iternext():
+                    if len(key) != klen or not key.startswith(prefix):
+                        break
+                    seq = int.from_bytes(key[plen:], "big")
+                    if check_gaps and seq != expect:
+                        raise StoreError(
+                            f"stream {stream!r}: WAL jumps from seq {expect - 1} to {seq}; "
+                            f"records {expect}..{seq - 1} were pruned and no verified "
+                            "checkpoint covers them")
+                    expect = seq + 1
+                    fn(seq, unpack(value, size_limit))
+                    count += 1
+                    if count == limit:
+                        break
+        return expect - 1
+
+    def first_seq(self, stream: str) -> int:
+        """The oldest seq still in the WAL of `stream` (0 if it has none)."""
+        prefix = _stream_key(stream)
+        with self._reading(self._wal) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix):
+                key = cursor.key()
+                if key.startswith(prefix) and len(key) == len(prefix) + 8:
+                    return _SEQ.unpack(key[-8:])[0]
+        return 0
 
     def last_seq(self, stream: str) -> int:
         """The newest committed sequence number of `stream` (0 if none)."""
-        return self._seqs.get(_stream_key(stream), 0)
+        return self._writer.committed.get(_stream_key(stream), 0)
 
     def streams(self) -> list[str]:
         """Names of every stream with WAL records or checkpoints."""
-        return sorted(p[:-1].decode("utf-8") for p in self._seqs)
+        return sorted(p[:-1].decode("utf-8") for p in list(self._writer.committed))
 
     def checkpoints(self, stream: str) -> list[tuple[int, bytes]]:
         """(covered seq, blob) of every stored checkpoint of `stream`, oldest first."""
         prefix = _stream_key(stream)
-        with self.env.begin(db=self._ckpt) as txn:
-            cursor = txn.cursor()
-            found = []
-            if cursor.set_range(prefix):
-                for key, value in cursor:
-                    if not key.startswith(prefix) or len(key) != len(prefix) + 8:
-                        break
-                    found.append((_SEQ.unpack(key[-8:])[0], bytes(value)))
-        return found
+        with self._reading(self._ckpt) as txn:
+            return [(seq, bytes(txn.get(prefix + _SEQ.pack(seq))))
+                    for seq in self._seqs_of(txn, self._ckpt, prefix)]
+
+    def _checkpoint_blob(self, prefix: bytes, seq: int) -> bytes | None:
+        with self._reading(self._ckpt) as txn:
+            blob = txn.get(prefix + _SEQ.pack(seq))
+            return None if blob is None else bytes(blob)
 
     async def load_checkpoint(self, stream: str) -> tuple[int, bytes] | None:
         """The newest checkpoint of `stream` that verifies, as (covered seq, payload).
 
         A checkpoint that fails verification is logged loudly and moved to the
-        quarantine database (its bytes are kept for inspection); the next older
-        one is tried. Unverified bytes are never returned.
+        quarantine database (its bytes kept as found, with the reason); the next
+        older one is tried. Unverified bytes are never returned.
         """
         prefix = _stream_key(stream)
-        for seq, blob in reversed(self.checkpoints(stream)):
+        with self._reading(self._ckpt) as txn:
+            seqs = self._seqs_of(txn, self._ckpt, prefix)
+        for seq in reversed(seqs):
+            blob = self._checkpoint_blob(prefix, seq)
+            if blob is None:
+                continue
             try:
-                covered, payload = codec.decode_checkpoint(blob)
+                covered, payload = await trio.to_thread.run_sync(codec.decode_checkpoint, blob)
                 if covered != seq:
                     raise CorruptCheckpointError(f"header says seq {covered}, key says {seq}")
                 return covered, payload
             except CorruptCheckpointError as exc:
-                log.error("QUARANTINED bad checkpoint of stream %r at seq %d: %s; "
-                          "falling back to an older checkpoint and a longer replay",
-                          stream, seq, exc)
-                key = prefix + _SEQ.pack(seq)
-
-                def move(tx: Txn, key: bytes = key, blob: bytes = blob) -> None:
-                    tx.txn.put(key, blob, db=self._quarantine)
-                    tx.txn.delete(key, db=self._ckpt)
-
-                await self._submit(move)
+                log.error("QUARANTINED bad checkpoint of stream %r at seq %d: %s; falling "
+                          "back to an older checkpoint and a longer replay", stream, seq, exc)
+                await self._quarantine_checkpoint(prefix, seq, blob, str(exc))
         return None
+
+    async def _quarantine_checkpoint(self, prefix: bytes, seq: int, blob: bytes,
+                                     reason: str) -> None:
+        key = prefix + _SEQ.pack(seq)
+        why = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {reason}".encode()
+
+        def move(tx: Txn) -> None:
+            tx.txn.put(key, blob, db=self._quarantine)
+            tx.txn.put(key, why, db=self._quarantine_why)
+            tx.txn.delete(key, db=self._ckpt)
+
+        try:
+            await self._submit(move)
+        except StoreError as exc:
+            # Still skipped (never loaded); it stays put and is re-checked next time.
+            log.error("could not move the bad checkpoint to quarantine: %s", exc)
 
     def quarantined(self) -> list[tuple[str, int]]:
         """(stream, seq) of every quarantined checkpoint."""
-        with self.env.begin(db=self._quarantine) as txn:
+        with self._reading(self._quarantine) as txn:
             return [(k[:-9].decode("utf-8", "replace"), _SEQ.unpack(k[-8:])[0])
                     for k in txn.cursor().iternext(values=False)]
+
+    def quarantined_checkpoint(self, stream: str, seq: int) -> tuple[bytes, str] | None:
+        """The bytes of a quarantined checkpoint, exactly as found, and why it was moved."""
+        key = _stream_key(stream) + _SEQ.pack(seq)
+        with self._reading(self._quarantine) as txn:
+            blob = txn.get(key)
+            why = txn.get(key, db=self._quarantine_why)
+        if blob is None:
+            return None
+        return bytes(blob), bytes(why or b"").decode("utf-8", "replace")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -285,10 +521,15 @@ class Store:
 
     def close(self) -> None:
         """Commit what was submitted, fsync, close the env, release the lock."""
+        self._check_pid()
+        if self._closed:
+            return
         self._writer.stop()
+        self._closed = True
         with contextlib.suppress(lmdb.Error):
             self.env.sync(True)
-        self.env.close()
+        with self._gate.resizing():  # no read may be inside the env as it closes
+            self.env.close()
         self._lock.release()
 
 
@@ -301,7 +542,7 @@ async def open_store(path: str | os.PathLike[str],
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    store = Store(path, options or StoreOptions())
+    store = await trio.to_thread.run_sync(Store, path, options or StoreOptions())
     try:
         store.start(trio.lowlevel.current_trio_token())
         yield store
