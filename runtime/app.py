@@ -20,6 +20,7 @@ from runtime import __version__
 from runtime.agents import AgentContext, state_stream
 from runtime.config import AgentSpec, Config
 from runtime.control import ControlServer
+from runtime.events import EventLog
 from runtime.methods import control_methods
 from runtime.store import StateBook, Store, StoreOptions, open_store
 from runtime.supervisor import Supervisor
@@ -46,9 +47,11 @@ class Runtime:
         self.store = store
         self.segment = segment
         self.book = book
+        self.events = EventLog(store)
         self.started = time.monotonic()
         self.shutdown_requested = trio.Event()
-        self.supervisor = Supervisor(config.agents, self.make_context, self.heartbeat_age)
+        self.supervisor = Supervisor(config.agents, self.make_context, self.heartbeat_age,
+                                     self.events.emit)
 
     async def make_context(self, spec: AgentSpec) -> AgentContext:
         state = await self.book.open(state_stream(spec.name))
@@ -96,6 +99,8 @@ async def _serve(rt: Runtime) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             nursery.start_soon(_on_signal, signals, rt.shutdown_requested)
             nursery.start_soon(rt.book.run)
+            nursery.start_soon(rt.events.run)
+            rt.events.emit("runtime-start", None, pid=os.getpid(), version=__version__)
             await nursery.start(rt.supervisor.run)
             server = ControlServer(config.socket_path, control_methods(rt),
                                    config.allowed_uids, config.allowed_gids)
@@ -104,6 +109,7 @@ async def _serve(rt: Runtime) -> None:
                      len(config.agents), config.socket_path)
             await rt.shutdown_requested.wait()
             log.info("shutting down: stopping agents in reverse start order")
+            rt.events.emit("runtime-stop", None, pid=os.getpid())
             with trio.CancelScope(shield=True), \
                     trio.move_on_after(config.shutdown_timeout_s) as waited:
                 await rt.supervisor.stop()

@@ -37,10 +37,12 @@ class Supervisor:
     """Owns the agents of one config. Run `await nursery.start(sup.run)`, then `await sup.stop()`."""
 
     def __init__(self, specs: tuple[AgentSpec, ...], make_context: MakeContext,
-                 heartbeat_age: Callable[[str], float | None] = lambda name: None) -> None:
+                 heartbeat_age: Callable[[str], float | None] = lambda name: None,
+                 emit: Callable[..., None] = lambda *a, **kw: None) -> None:
         self.children = [Child(spec) for spec in specs]
         self._make_context = make_context
         self._heartbeat_age = heartbeat_age
+        self._emit = emit  # EventLog.emit: lifecycle events
         self._nursery: trio.Nursery | None = None
 
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -102,6 +104,7 @@ class Supervisor:
                         main = load_entry(spec.entry)
                         child.mark_started()
                         log.info("agent %s started (restarts: %d)", child.name, child.restarts)
+                        self._emit("start", child.name, pid=child.pid, restarts=child.restarts)
                         if not reported:
                             task_status.started()
                             reported = True
@@ -115,6 +118,8 @@ class Supervisor:
                 if not reported:
                     task_status.started()
                     reported = True
+                self._emit("exit", child.name, outcome=child.last_exit, failed=failed,
+                           stopping=child.stopping)
                 if child.stopping:
                     break
                 child.pid = None
@@ -127,12 +132,15 @@ class Supervisor:
                     child.state = FAILED
                     log.error("agent %s failed %d times within %.0fs: giving up (state failed)",
                               child.name, len(child.failures), spec.restart_window_s)
+                    self._emit("give-up", child.name, failures=len(child.failures),
+                               window_s=spec.restart_window_s)
                     return
                 consecutive = consecutive + 1 if failed else 0
                 delay = next_backoff(spec, consecutive)
                 child.state = RESTARTING
                 child.restarts += 1
                 log.info("agent %s restarting in %.3fs", child.name, delay)
+                self._emit("restart", child.name, delay_s=delay, restarts=child.restarts)
                 await trio.sleep(delay)
             child.state = STOPPED
         finally:
