@@ -1,28 +1,83 @@
-"""Views of a whole segment: a snapshot dict and Prometheus text exposition."""
+"""Views of a whole segment: a snapshot dict and Prometheus text exposition.
+
+Both read the segment directly (no IPC), so the CLI can serve them from a
+read-only attach, e.g. `outpost metrics > metrics.prom` from cron for
+node_exporter's textfile collector.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+import struct
+from typing import Any, NamedTuple
 
+from shm._native import ffi, lib
 from shm.metrics import slot_value
-from shm.segment import COUNTER, GAUGE, HEARTBEAT, HISTOGRAM, KIND_NAMES, Segment
+from shm.segment import COUNTER, GAUGE, HEARTBEAT, HISTOGRAM, KIND_NAMES, Segment, SegmentError
 
 _PROM_BAD = re.compile(r"[^a-zA-Z0-9_]")
+_ONE_WORD = (COUNTER, GAUGE, HEARTBEAT)
+_BITS = struct.Struct("<q")
+_DOUBLE = struct.Struct("<d")
+
+
+class SlotReading(NamedTuple):
+    """One slot as read: `value` is None and `error` says why when it could not be read."""
+
+    name: str
+    kind: int
+    value: Any
+    error: str | None = None
+
+
+def read_slots(segment: Segment) -> list[SlotReading]:
+    """Every ready slot's name, kind and value; one-word slots are read in one batch call.
+
+    A slot that cannot be read (a record whose writer died mid-write, a
+    corrupt slot) comes back with an error instead of failing the whole read.
+    """
+    slots = list(segment.slots())
+    one_word = [(i, name, kind) for i, name, kind in slots if kind in _ONE_WORD]
+    words: dict[int, int] = {}
+    if one_word:
+        ptrs = ffi.new("int64_t *[]", [segment.slot_words(i) for i, _, _ in one_word])
+        out = ffi.new("int64_t[]", len(one_word))
+        lib.op_load_i64_batch(ptrs, out, len(one_word))
+        now = lib.op_now_ns()
+        words = {i: out[n] for n, (i, _, _) in enumerate(one_word)}
+    readings = []
+    for index, name, kind in slots:
+        if index in words:
+            raw = words[index]
+            if kind == COUNTER:
+                value: Any = raw
+            elif kind == GAUGE:
+                value = _DOUBLE.unpack(_BITS.pack(raw))[0]
+            else:  # heartbeat: age of the stamp, None if it never beat
+                value = None if raw == 0 else max(0.0, (now - raw) / 1e9)
+            readings.append(SlotReading(name, kind, value))
+            continue
+        try:
+            readings.append(SlotReading(name, kind, slot_value(segment, index, kind)))
+        except SegmentError as exc:
+            readings.append(SlotReading(name, kind, None, str(exc)))
+    return readings
 
 
 def snapshot(segment: Segment) -> dict[str, dict]:
-    """{slot name: {"kind", "value"}} for every ready slot.
+    """{slot name: {"kind", "value"[, "error"]}} for every ready slot.
 
-    Heartbeats are given as their age in seconds, records as hex, so the result
-    is plain data that JSON and msgpack can carry.
+    Heartbeats are given as their age in seconds (None if never beaten),
+    records as hex, so the result is plain data that JSON and msgpack carry.
     """
-    out = {}
-    for index, name, kind in segment.slots():
-        value = slot_value(segment, index, kind)
-        if isinstance(value, bytes):
-            value = value.hex()
-        out[name] = {"kind": KIND_NAMES[kind], "value": value}
+    out: dict[str, dict] = {}
+    for r in read_slots(segment):
+        value = r.value.hex() if isinstance(r.value, bytes) else r.value
+        entry = {"kind": KIND_NAMES.get(r.kind, str(r.kind)), "value": value}
+        if r.error is not None:
+            entry["error"] = r.error
+        out[r.name] = entry
     return out
 
 
@@ -35,52 +90,77 @@ def split_name(slot_name: str) -> tuple[str, dict[str, str]]:
 
 
 def _fmt(v: float) -> str:
-    if isinstance(v, float) and math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(v) if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "+Inf" if v > 0 else "-Inf"
+        return repr(v)
+    return str(v)
+
+
+def _escape(value: str) -> str:
+    # Text format 0.0.4: backslash, double quote and line feed are escaped in label values.
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _labels(labels: dict[str, str], extra: dict[str, str] | None = None) -> str:
     merged = {**labels, **(extra or {})}
     if not merged:
         return ""
-    body = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in merged.items())
-    return "{" + body + "}"
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in merged.items()) + "}"
 
 
 def prometheus_text(segment: Segment, prefix: str = "outpost_") -> str:
-    """Prometheus text format 0.0.4 for counters, gauges, heartbeat ages and histograms."""
+    """Prometheus text format 0.0.4 for counters, gauges, heartbeat ages and histograms.
+
+    Slot 'agent:metric' becomes `<prefix>metric{agent="agent"}`; counters get
+    `_total`, heartbeats `_age_seconds` (a gauge), histograms cumulative
+    `_bucket{le=...}` lines ending in +Inf, then `_sum` and `_count`. Records
+    are not metrics and are left out. Samples of one name are grouped under
+    one `# TYPE` line; a sample whose name another family already uses with
+    another type is left out with a comment, rather than emitted mistyped.
+    """
     families: dict[str, tuple[str, list[str]]] = {}
-    for index, slot_name, kind in segment.slots():
-        metric, labels = split_name(slot_name)
+    skipped: list[str] = []
+
+    def family(name: str, kind: str, slot: str) -> list[str] | None:
+        have = families.setdefault(name, (kind, []))
+        if have[0] != kind:
+            skipped.append(f"# outpost: skipped {slot!r}: {name} is already a {have[0]}")
+            return None
+        return have[1]
+
+    for r in read_slots(segment):
+        if r.value is None or r.kind not in (COUNTER, GAUGE, HEARTBEAT, HISTOGRAM):
+            continue
+        metric, labels = split_name(r.name)
         base = prefix + _PROM_BAD.sub("_", metric)
-        value = slot_value(segment, index, kind)
-        if kind == COUNTER:
+        if r.kind == COUNTER:
             name = base if base.endswith("_total") else base + "_total"
-            families.setdefault(name, ("counter", []))[1].append(
-                f"{name}{_labels(labels)} {value}")
-        elif kind == GAUGE:
-            families.setdefault(base, ("gauge", []))[1].append(
-                f"{base}{_labels(labels)} {_fmt(value)}")
-        elif kind == HEARTBEAT:
+            if (lines := family(name, "counter", r.name)) is not None:
+                lines.append(f"{name}{_labels(labels)} {r.value}")
+        elif r.kind == GAUGE:
+            if (lines := family(base, "gauge", r.name)) is not None:
+                lines.append(f"{base}{_labels(labels)} {_fmt(r.value)}")
+        elif r.kind == HEARTBEAT:
             name = base + "_age_seconds"
-            if value is not None:
-                families.setdefault(name, ("gauge", []))[1].append(
-                    f"{name}{_labels(labels)} {_fmt(value)}")
-        elif kind == HISTOGRAM:
-            lines = families.setdefault(base, ("histogram", []))[1]
+            if (lines := family(name, "gauge", r.name)) is not None:
+                lines.append(f"{name}{_labels(labels)} {_fmt(r.value)}")
+        else:
+            if (lines := family(base, "histogram", r.name)) is None:
+                continue
             cumulative = 0
-            for bound, count in zip([*value["bounds"], math.inf], value["buckets"],
+            for bound, count in zip([*r.value["bounds"], math.inf], r.value["buckets"],
                                     strict=True):
                 cumulative += count
                 le = {"le": _fmt(float(bound))}
                 lines.append(f"{base}_bucket{_labels(labels, le)} {cumulative}")
-            lines.append(f"{base}_sum{_labels(labels)} {_fmt(value['sum'])}")
-            lines.append(f"{base}_count{_labels(labels)} {value['count']}")
+            lines.append(f"{base}_sum{_labels(labels)} {_fmt(r.value['sum'])}")
+            lines.append(f"{base}_count{_labels(labels)} {r.value['count']}")
     out = []
     for name, (kind, lines) in families.items():
         out.append(f"# TYPE {name} {kind}")
         out.extend(lines)
+    out.extend(skipped)
     return "\n".join(out) + ("\n" if out else "")

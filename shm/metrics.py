@@ -1,8 +1,15 @@
 """The value types that live in segment slots: Counter, Gauge, Histogram, Heartbeat, Record.
 
-Each object holds a pointer into the mapping and calls one native function per
-operation, so an update is one atomic instruction plus the cffi call. Objects
-must not outlive the Segment they came from.
+Each object holds a pointer into the mapping. The hot operations (Counter.inc
+and add, Gauge.set and add, Histogram.observe, Heartbeat.beat) are attributes
+bound with functools.partial straight to the native function and the slot
+pointer: a call runs no Python frame, only partial's C call and cffi's wrapper
+around one atomic instruction. That is why they are instance attributes, not
+methods (see scripts/bench/shm.py for what each layer costs).
+
+Making one pins the mapping for the life of the process (Segment.pin), so an
+object or a bound `inc` that outlives its segment or a runtime restart writes
+to the old, unseen mapping rather than to unmapped memory.
 """
 
 from __future__ import annotations
@@ -10,7 +17,9 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from shm._native import ffi, lib
 from shm.segment import (
@@ -25,48 +34,117 @@ from shm.segment import (
     _pid_alive,
 )
 
-HIST_MAX_BOUNDS = (SLOT_WORDS - 2) // 2 - 1  # bounds + buckets(+Inf) + count word + sum
-RECORD_MAX_BYTES = (SLOT_WORDS - 2) * 8
-_SEQ_SPINS = 100_000
+HIST_MAX_BOUNDS = lib.OP_HIST_MAX_BOUNDS  # bounds + buckets (+Inf) + count word + sum
+RECORD_HEADER_WORDS = lib.OP_SEQ_HEADER_WORDS
+RECORD_MAX_BYTES = (SLOT_WORDS - RECORD_HEADER_WORDS) * 8
+# Spins per native seqlock call before Python looks at the writer's pid (and
+# yields the CPU: on 2 cores the writer we wait for may need ours).
+_SEQ_SPINS = 20_000
+RECORD_TIMEOUT_S = 1.0
 
-_add_i64 = lib.op_add_i64
 _load_i64 = lib.op_load_i64
-_beat = lib.op_beat
+
+# The pid a writer stamps into a record's lock. Cached (os.getpid is a syscall)
+# and refreshed in a forked child, which inherits Record objects.
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class RecordWriterDiedError(SegmentError):
+    """A record's writer died in the middle of a write: its bytes are not a value.
+
+    The next write (from any process) repairs the record.
+    """
+
+
+class RecordBusyError(SegmentError):
+    """A live writer held a record for longer than the timeout (stopped or stuck)."""
 
 
 class Counter:
-    """A monotonically increasing int64 shared by every process that maps the segment."""
+    """A monotonically increasing int64 shared by every process that maps the segment.
 
-    __slots__ = ("_ptr", "name")
+    inc() adds one and returns None; add(n) adds n (>= 0 by convention, not
+    checked on the hot path) and returns the new total. Both are one atomic add.
+    """
+
+    __slots__ = ("_ptr", "add", "inc", "name")
+
+    inc: Callable[[], None]
+    add: Callable[[int], int]
 
     def __init__(self, segment: Segment, name: str) -> None:
         self.name = name
         self._ptr = segment.slot_words(segment.claim(name, COUNTER))
-
-    def inc(self, n: int = 1) -> None:
-        """Add `n` (>= 0 by convention; not checked on the hot path)."""
-        _add_i64(self._ptr, n)
-
-    add = inc
+        segment.pin()
+        self.inc = partial(lib.op_inc_i64, self._ptr)
+        self.add = partial(lib.op_add_i64, self._ptr)
 
     def value(self) -> int:
+        """The current total (an acquire load)."""
         return _load_i64(self._ptr)
 
 
-class Gauge:
-    """A float that goes up and down; set and add are atomic."""
+class CounterBatch:
+    """Several counters updated or read in one native call, for bulk paths.
 
-    __slots__ = ("_ptr", "name")
+    A loop that touches k counters per item can keep local deltas and call
+    add() once per batch instead of k times per item; values() reads them all
+    in one call. Each counter still gets its own atomic add.
+    """
+
+    __slots__ = ("_ptrs", "counters")
+
+    def __init__(self, counters: Sequence[Counter]) -> None:
+        self.counters = tuple(counters)
+        self._ptrs = ffi.new("int64_t *[]", [c._ptr for c in self.counters])
+
+    def add(self, deltas: Sequence[int]) -> None:
+        """Add deltas[i] to counters[i], for every i, in one call."""
+        if len(deltas) != len(self.counters):
+            raise ValueError(f"{len(deltas)} deltas for {len(self.counters)} counters")
+        # A fresh array per call: a shared one could be refilled by another thread mid-call.
+        lib.op_add_i64_batch(self._ptrs, ffi.new("int64_t[]", deltas), len(deltas))
+
+    def values(self) -> list[int]:
+        """Every counter's total, in one call."""
+        out = ffi.new("int64_t[]", len(self.counters))
+        lib.op_load_i64_batch(self._ptrs, out, len(self.counters))
+        return list(out)
+
+
+class Gauge:
+    """A float that goes up and down: set(v) is an atomic store, add(v) a CAS loop.
+
+    add returns the new value. Two processes adding at once lose nothing.
+    """
+
+    __slots__ = ("_ptr", "add", "name", "set")
+
+    set: Callable[[float], None]
+    add: Callable[[float], float]
 
     def __init__(self, segment: Segment, name: str) -> None:
         self.name = name
         self._ptr = ffi.cast("double *", segment.slot_words(segment.claim(name, GAUGE)))
+        segment.pin()
+        self.set = partial(lib.op_store_f64, self._ptr)
+        self.add = partial(lib.op_add_f64, self._ptr)
 
-    def set(self, v: float) -> None:
-        lib.op_store_f64(self._ptr, v)
+    def exchange(self, v: float) -> float:
+        """Store v and return the value it replaced, atomically (e.g. read-and-reset)."""
+        return lib.op_xchg_f64(self._ptr, v)
 
-    def add(self, v: float) -> None:
-        lib.op_add_f64(self._ptr, v)
+    def compare_and_set(self, expected: float, v: float) -> bool:
+        """Store v if the gauge holds exactly `expected` (bit for bit); say whether it did."""
+        return bool(lib.op_cas_f64(self._ptr, expected, v))
 
     def value(self) -> float:
         return lib.op_load_f64(self._ptr)
@@ -76,45 +154,48 @@ class Histogram:
     """Fixed buckets, lock-free: an observation is one atomic bucket add plus a CAS on the sum.
 
     Slot words: [nbounds, bounds..., buckets (nbounds + 1, last is +Inf)..., sum].
+    Buckets count v <= bound ("le"), NaN goes to +Inf. observe(v) returns the
+    bucket index. A reader sees every bucket and the sum whole, but may see an
+    observation's bucket before its sum (as with every Prometheus client).
     """
 
-    __slots__ = ("_buckets", "_bounds", "_n", "_sum", "bounds", "name")
+    __slots__ = ("_words", "bounds", "name", "observe")
+
+    observe: Callable[[float], int]
 
     def __init__(self, segment: Segment, name: str, bounds: Sequence[float]) -> None:
         bounds = [float(b) for b in bounds]
-        if not bounds or len(bounds) > HIST_MAX_BOUNDS or sorted(bounds) != bounds \
+        if not bounds or len(bounds) > HIST_MAX_BOUNDS or sorted(set(bounds)) != bounds \
                 or any(math.isnan(b) or math.isinf(b) for b in bounds):
             raise SegmentError(
                 f"histogram {name!r}: bounds must be 1..{HIST_MAX_BOUNDS} finite, "
-                f"increasing numbers, got {bounds}")
+                f"strictly increasing numbers, got {bounds}")
         init = struct.pack(f"<q{len(bounds)}d", len(bounds), *bounds)
         words = segment.slot_words(segment.claim(name, HISTOGRAM, init))
         stored = _read_bounds(words)
         if stored != bounds:
             raise SegmentError(f"histogram {name!r} exists with bounds {stored}, not {bounds}")
-        self.name, self.bounds, self._n = name, bounds, len(bounds)
-        self._bounds = ffi.cast("double *", words + 1)
-        self._buckets = words + 1 + self._n
-        self._sum = ffi.cast("double *", words + 2 + 2 * self._n)
-
-    def observe(self, v: float) -> None:
-        lib.op_hist_observe(self._buckets, self._bounds, self._n, self._sum, v)
+        self.name, self.bounds, self._words = name, bounds, words
+        segment.pin()
+        self.observe = partial(lib.op_hist_observe, words)
 
     def value(self) -> dict:
-        return _histogram_value(self._buckets - 1 - self._n)
+        """{"bounds", "buckets" (per bucket, not cumulative), "count", "sum"}."""
+        return _histogram_value(self._words)
 
 
 class Heartbeat:
-    """A monotonic-clock stamp: beat() records now, age() says how long ago."""
+    """A monotonic-clock stamp: beat() records now (one atomic store), age() says how long ago."""
 
-    __slots__ = ("_ptr", "name")
+    __slots__ = ("_ptr", "beat", "name")
+
+    beat: Callable[[], None]
 
     def __init__(self, segment: Segment, name: str) -> None:
         self.name = name
         self._ptr = segment.slot_words(segment.claim(name, HEARTBEAT))
-
-    def beat(self) -> None:
-        _beat(self._ptr)
+        segment.pin()
+        self.beat = partial(lib.op_beat, self._ptr)
 
     def age(self) -> float | None:
         """Seconds since the last beat, or None if it never beat."""
@@ -124,42 +205,81 @@ class Heartbeat:
 class Record:
     """A small seqlocked struct: readers get a whole old or a whole new value, never a mix.
 
-    Slot words: [sequence, writer pid, payload...]. A reader that finds a write
-    in progress for too long checks the writer's pid, so a writer that died
-    mid-write is reported instead of spun on forever.
+    Slot words: [sequence, lock (writer pid, 0 = free), payload...]. Writers
+    from any number of processes take turns through the lock word. A reader or
+    writer that waits too long checks the pid holding the lock: a writer that
+    died mid-write raises RecordWriterDiedError for readers (rather than being
+    spun on) and is taken over by the next writer, which repairs the record.
     """
 
-    __slots__ = ("_buf", "_nwords", "_out", "_ptr", "name", "size")
+    __slots__ = ("_nwords", "_ptr", "name", "size")
 
     def __init__(self, segment: Segment, name: str, size: int) -> None:
         if not 1 <= size <= RECORD_MAX_BYTES:
             raise SegmentError(f"record {name!r}: size must be 1..{RECORD_MAX_BYTES} bytes")
         self.name, self.size = name, size
         self._nwords = (size + 7) // 8
-        self._ptr = segment.slot_words(segment.claim(name, RECORD))
-        self._buf = ffi.new("int64_t[]", self._nwords)
-        self._out = ffi.new("int64_t[]", self._nwords)
+        self._ptr = segment.slot_words(segment.claim(name, RECORD, meta=size))
+        segment.pin()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, timeout: float = RECORD_TIMEOUT_S) -> None:
+        """Publish `data` (exactly `size` bytes) as the record's new value."""
         if len(data) != self.size:
             raise ValueError(f"record {self.name!r} holds {self.size} bytes, got {len(data)}")
-        ffi.memmove(self._buf, data, len(data))
-        lib.op_seq_write(self._ptr, self._buf, self._nwords, os.getpid())
+        buf = ffi.new("int64_t[]", self._nwords)  # per call: threads may write at once
+        ffi.memmove(buf, data, len(data))
+        write_record(self._ptr, buf, self._nwords, timeout)
 
-    def read(self) -> bytes:
-        return read_record(self._ptr, self._out, self._nwords)[: self.size]
+    def read(self, timeout: float = RECORD_TIMEOUT_S) -> bytes:
+        """The current value, whole. Raises RecordWriterDiedError or RecordBusyError."""
+        out = ffi.new("int64_t[]", self._nwords)
+        return read_record(self._ptr, out, self._nwords, timeout)[: self.size]
 
 
-def read_record(ptr, out, nwords: int) -> bytes:
-    """Consistent copy of a seqlocked record, or SegmentError if its writer died mid-write."""
-    while lib.op_seq_read(ptr, out, nwords, _SEQ_SPINS) != 0:
-        writer = lib.op_load_i64(ptr + 1)
-        if not _pid_alive(writer):
-            raise SegmentError(f"record writer pid {writer} died in the middle of a write")
+def write_record(ptr, src, nwords: int, timeout: float = RECORD_TIMEOUT_S) -> None:
+    """Seqlocked write of `nwords` words from `src` into the record at `ptr`."""
+    holder = lib.op_seq_write(ptr, src, nwords, _pid, _SEQ_SPINS)
+    if holder == 0:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        # Our own pid cannot be a live holder: a write is one native call that
+        # keeps the GIL, so a lock with our pid was left by a process that died.
+        if holder == _pid or (holder > 0 and not _pid_alive(holder)):
+            if lib.op_seq_write_steal(ptr, src, nwords, holder, _pid):
+                return
+        elif time.monotonic() > deadline:
+            raise RecordBusyError(
+                f"record busy: writer pid {holder} has held it for more than {timeout}s")
+        else:
+            os.sched_yield()
+        holder = lib.op_seq_write(ptr, src, nwords, _pid, _SEQ_SPINS)
+        if holder == 0:
+            return
+
+
+def read_record(ptr, out, nwords: int, timeout: float = RECORD_TIMEOUT_S) -> bytes:
+    """Consistent copy of a seqlocked record's payload.
+
+    Raises RecordWriterDiedError if the write in progress belongs to a dead
+    process, RecordBusyError if a live writer holds it past `timeout`.
+    """
+    if lib.op_seq_read(ptr, out, nwords, _SEQ_SPINS) != 0:
+        deadline = time.monotonic() + timeout
+        while lib.op_seq_read(ptr, out, nwords, _SEQ_SPINS) != 0:
+            holder = _load_i64(ptr + 1)
+            if holder > 0 and not _pid_alive(holder) and _load_i64(ptr) & 1:
+                raise RecordWriterDiedError(
+                    f"record writer pid {holder} died in the middle of a write")
+            if time.monotonic() > deadline:
+                raise RecordBusyError(f"record busy: a write by pid {holder} has been in "
+                                      f"progress for more than {timeout}s")
+            os.sched_yield()
     return bytes(ffi.buffer(out, nwords * 8))
 
 
 def heartbeat_age(ptr) -> float | None:
+    """Seconds since the stamp at `ptr`, or None if it never beat."""
     stamp = _load_i64(ptr)
     if stamp == 0:
         return None
@@ -168,6 +288,8 @@ def heartbeat_age(ptr) -> float | None:
 
 def _read_bounds(words) -> list[float]:
     n = _load_i64(words)
+    if not 1 <= n <= HIST_MAX_BOUNDS:
+        raise SegmentError(f"corrupt histogram slot ({n} bounds)")
     doubles = ffi.cast("double *", words + 1)
     return [doubles[i] for i in range(n)]
 
@@ -175,13 +297,19 @@ def _read_bounds(words) -> list[float]:
 def _histogram_value(words) -> dict:
     bounds = _read_bounds(words)
     n = len(bounds)
-    buckets = [_load_i64(words + 1 + n + i) for i in range(n + 1)]
+    out = ffi.new("int64_t[]", n + 1)
+    ptrs = ffi.new("int64_t *[]", [words + 1 + n + i for i in range(n + 1)])
+    lib.op_load_i64_batch(ptrs, out, n + 1)
+    buckets = list(out)
     total = lib.op_load_f64(ffi.cast("double *", words + 2 + 2 * n))
     return {"bounds": bounds, "buckets": buckets, "count": sum(buckets), "sum": total}
 
 
 def slot_value(segment: Segment, index: int, kind: int):
-    """The current value of any slot, as plain Python data (for snapshots)."""
+    """The current value of any slot, as plain Python data (for snapshots).
+
+    Records come back as bytes (their registered size); their errors propagate.
+    """
     words = segment.slot_words(index)
     if kind == COUNTER:
         return _load_i64(words)
@@ -192,5 +320,9 @@ def slot_value(segment: Segment, index: int, kind: int):
     if kind == HISTOGRAM:
         return _histogram_value(words)
     if kind == RECORD:
-        return read_record(words, ffi.new("int64_t[]", SLOT_WORDS - 2), SLOT_WORDS - 2)
+        size = segment.slot_meta(index)
+        if not 1 <= size <= RECORD_MAX_BYTES:
+            raise SegmentError(f"corrupt record slot (size {size})")
+        nwords = (size + 7) // 8
+        return read_record(words, ffi.new("int64_t[]", nwords), nwords)[:size]
     raise SegmentError(f"slot {index} has unknown kind {kind}")

@@ -6,16 +6,37 @@ merely attached to). Agent processes attach read-write, the CLI read-only.
 Every value lives in a fixed slot found by name, so readers need no IPC and no
 per-process files.
 
-Layout (all integers little-endian, 8-byte aligned):
+Layout (all integers little-endian, every word 8-byte aligned):
 
     header    HEADER_SIZE bytes: magic, layout version, capacity, creator pid,
-              creator boot id, creation stamp
-    directory capacity x DIR_ENTRY_SIZE: state word, claimer pid, name
-    data      capacity x SLOT_SIZE: the slot's values
+              creation stamp, creator boot id, creator process start time
+    directory capacity x DIR_ENTRY_SIZE: state word, meta word, name
+    data      capacity x SLOT_SIZE (a multiple of the cache line, so two slots
+              never share one): the slot's values
 
 A directory entry's state word is 0 (free), -pid (being claimed by pid) or the
 slot kind (> 0, ready). Claiming is a compare-and-swap, so two processes that
-register the same name at once end up sharing one slot.
+register the same name at once end up sharing one slot. A claimer that dies
+between its CAS and publishing is detected by pid and its entry freed. Slots
+are claimed in index order and a ready slot never becomes free again, so the
+first free entry ends the directory.
+
+Lifecycle, including what happens when the runtime restarts:
+
+- `Segment.create` builds the file under a temporary name and renames it into
+  place, so nobody ever maps a half-written header. It replaces a file left by
+  a dead runtime (stale: its creator pid is gone, was reused by a process that
+  started later, or it comes from an earlier boot) and any file that is not a
+  valid segment; it refuses to replace the live segment of another process.
+- The runtime unlinks the file at a clean stop. After a crash the file stays;
+  `attach` then reports it as stale (SegmentNotLiveError) and the next `create`
+  replaces it.
+- When the runtime restarts, processes still attached to the old segment keep
+  mapping the old, now unlinked, file: their reads and writes keep working but
+  nobody else sees them. `is_current()` turns False for them (the path now
+  names another file, or the creator is gone) and they must attach again. A new
+  `attach` always sees the new file. Slots start empty in a new segment: values
+  are not carried over a restart (durable state lives in the store).
 """
 
 from __future__ import annotations
@@ -24,22 +45,28 @@ import contextlib
 import mmap
 import os
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from shm._native import ffi, lib
 
 MAGIC = b"OUTPOSTM"
-LAYOUT_VERSION = 1
+# 2: directory entries of 128 bytes with a meta word; records locked by writer pid;
+#    header carries the creator's process start time.
+LAYOUT_VERSION = 2
 HEADER_SIZE = 256
-DIR_ENTRY_SIZE = 64
-NAME_MAX = DIR_ENTRY_SIZE - 16
+DIR_ENTRY_SIZE = 128
+NAME_OFFSET = 16
+NAME_MAX = DIR_ENTRY_SIZE - NAME_OFFSET
 SLOT_SIZE = 256
 SLOT_WORDS = SLOT_SIZE // 8
 DEFAULT_CAPACITY = 256
+MAX_CAPACITY = 1 << 20
 
-# header: magic, version, capacity, creator pid, created ns, boot id (36 ascii)
-_HEADER = struct.Struct("<8sIIqq36s")
+# magic, version, capacity, creator pid, created ns (CLOCK_MONOTONIC), boot id (36 ascii),
+# creator start time (clock ticks after boot, from /proc; 0 if unknown)
+_HEADER = struct.Struct("<8sIIqq36s4xq")
 
 COUNTER, GAUGE, HISTOGRAM, HEARTBEAT, RECORD = 1, 2, 3, 4, 5
 KIND_NAMES = {
@@ -50,11 +77,21 @@ KIND_NAMES = {
     RECORD: "record",
 }
 
-_CLAIM_SPINS = 100_000
+# The C side indexes slots with these; a mismatch would be a build from other sources.
+assert lib.OP_SLOT_WORDS == SLOT_WORDS, "shm/_native was built from another layout"
+
+_CLAIM_TIMEOUT_S = 5.0
+# Mappings that handed out slot pointers to metric objects: never unmapped (Segment.pin).
+_PINNED: list[mmap.mmap] = []
+_HAVE_PROC = os.path.exists("/proc/self/stat")
 
 
 class SegmentError(Exception):
-    """The segment file cannot be used: the message says why and what to do."""
+    """The segment cannot be used as asked: the message says why and what to do."""
+
+
+class SegmentNotLiveError(SegmentError):
+    """No live runtime owns the segment: the file is missing or its creator is gone."""
 
 
 class SegmentFullError(SegmentError):
@@ -69,7 +106,32 @@ def boot_id() -> str:
         return ""
 
 
-def _pid_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks after boot) of `pid` from /proc, or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    fields = raw[raw.rfind(b")") + 2:].split()
+    try:
+        return fields[0].decode("ascii", "replace"), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_start(pid: int) -> int:
+    """When `pid` started (clock ticks after boot), 0 if unknown. Tells a reused pid apart."""
+    stat = _proc_stat(pid)
+    return 0 if stat is None else stat[1]
+
+
+def _pid_alive(pid: int, start: int = 0) -> bool:
+    """Does `pid` run (and, if `start` is known, is it still the process that started then)?
+
+    A zombie counts as dead: it will never finish a write or beat again, and
+    its parent may take a while to reap it.
+    """
     if pid <= 0:
         return False
     try:
@@ -77,8 +139,22 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass  # exists, another user's
+    stat = _proc_stat(pid)
+    if stat is None:
+        if not _HAVE_PROC:
+            return True
+        try:  # /proc hidden from us, or the process ended between the two looks
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return True
-    return True
+    state, started = stat
+    if state in ("Z", "X"):
+        return False
+    return not start or started == start
 
 
 def segment_size(capacity: int) -> int:
@@ -90,14 +166,16 @@ class Segment:
     """A mapped segment. Create with `Segment.create`, attach with `Segment.attach`."""
 
     def __init__(self, path: Path, mm: mmap.mmap, capacity: int, writable: bool,
-                 creator_pid: int, creator_boot_id: str, owner: bool) -> None:
+                 creator_pid: int, creator_boot_id: str, creator_start: int,
+                 file_id: tuple[int, int]) -> None:
         self.path = path
         self.capacity = capacity
         self.writable = writable
         self.creator_pid = creator_pid
         self.creator_boot_id = creator_boot_id
-        self._owner = owner
-        self._mm = mm
+        self.creator_start = creator_start
+        self._file_id = file_id
+        self._mm: mmap.mmap | None = mm
         self._base = ffi.from_buffer("char[]", mm)
         self._words = ffi.cast("int64_t *", self._base)
 
@@ -105,85 +183,148 @@ class Segment:
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], capacity: int = DEFAULT_CAPACITY) -> Segment:
-        """Create a fresh segment at `path`, replacing any file left there.
+        """Create a fresh, empty segment at `path`.
 
-        Only the runtime that holds the data-dir lock calls this, so a file
-        already at `path` belongs to a dead runtime and is safely replaced.
-        The new file is built under a temporary name and renamed into place, so
-        an attacher never sees a half-written header.
+        A file already there is replaced if it is stale or not a segment at all
+        (the runtime holds the data-dir lock, so such a file is a dead
+        runtime's); the live segment of another process is never replaced. The
+        new file is built under a temporary name and renamed into place, so an
+        attacher never sees a half-written header.
         """
-        if not 1 <= capacity <= 1 << 20:
-            raise SegmentError(f"segment capacity must be 1..{1 << 20} slots, got {capacity}")
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise SegmentError(f"segment capacity must be 1..{MAX_CAPACITY} slots, got {capacity}")
         path = Path(path)
+        try:
+            with cls.attach(path) as other:
+                live_pid = other.creator_pid
+        except SegmentError:
+            live_pid = None  # nothing there, stale, or not a segment: ours to replace
+        if live_pid is not None and live_pid != os.getpid():
+            raise SegmentError(f"{path}: in use by the live runtime pid {live_pid}; "
+                               "stop it or give this runtime another run_dir")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         size = segment_size(capacity)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, size)  # a sparse file of zeros: every slot free
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            st = os.fstat(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         finally:
             os.close(fd)
-        bid = boot_id()
+        me, bid, started = os.getpid(), boot_id(), process_start(os.getpid())
         mm[: _HEADER.size] = _HEADER.pack(
-            MAGIC, LAYOUT_VERSION, capacity, os.getpid(), lib.op_now_ns(),
-            bid.encode("ascii", "replace"),
-        )
+            MAGIC, LAYOUT_VERSION, capacity, me, lib.op_now_ns(),
+            bid.encode("ascii", "replace"), started)
         os.replace(tmp, path)
-        return cls(path, mm, capacity, True, os.getpid(), bid, owner=True)
+        return cls(path, mm, capacity, True, me, bid, started, (st.st_dev, st.st_ino))
 
     @classmethod
     def attach(cls, path: str | os.PathLike[str], writable: bool = False) -> Segment:
         """Map an existing segment, checking that it is ours, complete and live.
 
-        Raises SegmentError with a message naming the file and the problem for a
-        missing file, a foreign or truncated file, another layout version, or a
-        segment whose creator is gone (stale: left by a runtime that died).
+        Raises SegmentNotLiveError for a missing file or a stale one (left by a
+        runtime that is gone), SegmentError naming the file and the problem for
+        a foreign or truncated file or another layout version. Never maps past
+        the end of the file, so a bad file cannot crash the reader.
         """
         path = Path(path)
         try:
             fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         except FileNotFoundError:
-            raise SegmentError(f"{path}: no shared-memory segment (is the runtime running?)") \
-                from None
+            raise SegmentNotLiveError(
+                f"{path}: no shared-memory segment (is the runtime running?)") from None
+        except OSError as exc:
+            raise SegmentError(f"{path}: cannot open segment: {exc.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
-            if size < HEADER_SIZE:
-                raise SegmentError(f"{path}: truncated segment ({size} bytes < header)")
+            st = os.fstat(fd)
+            if st.st_size < HEADER_SIZE:
+                raise SegmentError(f"{path}: truncated segment ({st.st_size} bytes, "
+                                   f"less than the {HEADER_SIZE}-byte header)")
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, prot)
         finally:
             os.close(fd)
-        magic, version, capacity, pid, _created, bid = _HEADER.unpack_from(mm, 0)
-        problem = None
+        magic, version, capacity, pid, _created, raw_bid, started = _HEADER.unpack_from(mm, 0)
+        bid = raw_bid.decode("ascii", "replace").rstrip("\0")
+        error: SegmentError | None = None
         if magic != MAGIC:
-            problem = "not an outpost segment (wrong magic)"
+            error = SegmentError(f"{path}: not an outpost segment (wrong magic {magic!r})")
         elif version != LAYOUT_VERSION:
-            problem = f"layout version {version}, this outpost reads {LAYOUT_VERSION}: " \
-                      "restart the runtime with the same outpost version"
-        elif size < segment_size(capacity):
-            problem = f"truncated segment ({size} bytes, needs {segment_size(capacity)})"
-        else:
-            bid = bid.decode("ascii", "replace").rstrip("\0")
-            if bid != boot_id() or not _pid_alive(pid):
-                problem = f"stale segment left by runtime pid {pid}, which is no longer running"
-        if problem:
+            error = SegmentError(
+                f"{path}: segment layout version {version}, this outpost reads "
+                f"{LAYOUT_VERSION}: use the outpost that started the runtime, or restart it")
+        elif not 1 <= capacity <= MAX_CAPACITY:
+            error = SegmentError(f"{path}: corrupt header (capacity {capacity})")
+        elif st.st_size < segment_size(capacity):
+            error = SegmentError(f"{path}: truncated segment ({st.st_size} bytes, "
+                                 f"{capacity} slots need {segment_size(capacity)})")
+        elif bid != boot_id():
+            error = SegmentNotLiveError(
+                f"{path}: stale segment from an earlier boot (runtime pid {pid})")
+        elif not _pid_alive(pid, started):
+            error = SegmentNotLiveError(
+                f"{path}: stale segment left by runtime pid {pid}, which is no longer running")
+        if error is not None:
             mm.close()
-            raise SegmentError(f"{path}: {problem}")
-        return cls(path, mm, capacity, writable, pid, bid, owner=False)
+            raise error
+        return cls(path, mm, capacity, writable, pid, bid, started, (st.st_dev, st.st_ino))
+
+    def is_current(self) -> bool:
+        """Is this still the segment at `path`, owned by a live creator?
+
+        False after the runtime restarted (the path names a new file) or died:
+        a long-lived attacher then attaches again to reach the new segment.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._file_id and \
+            _pid_alive(self.creator_pid, self.creator_start)
 
     def close(self) -> None:
-        """Unmap. Metric objects taken from this segment must not be used afterwards."""
+        """Let go of the mapping; unmap it unless metric objects were made from it.
+
+        A pinned mapping (see pin) stays mapped until the process exits, so a
+        metric object or a bound `inc` that outlives its segment never touches
+        unmapped memory; values written to it after a restart are simply unseen.
+        """
         if self._mm is None:
             return
+        mm, self._mm = self._mm, None
         self._words = self._base = None
-        with contextlib.suppress(BufferError):  # a live cdata view still pins the buffer
-            self._mm.close()
-        self._mm = None
+        if not any(m is mm for m in _PINNED):
+            with contextlib.suppress(BufferError):  # a stray buffer view: the GC unmaps it
+                mm.close()
+
+    def pin(self) -> None:
+        """Keep this mapping until the process exits. Metric constructors call this.
+
+        Their hot paths are functools.partial objects over a bare slot pointer
+        (the fastest call cffi offers; an owning pointer costs ~10 ns more per
+        call), and a bare pointer does not keep the mapping alive: `inc =
+        Counter(seg, "x").inc` may outlive every other reference. A process maps
+        one segment per runtime it serves, so this keeps one mapping per restart.
+        """
+        if self._mm is None:
+            raise SegmentError(f"{self.path}: segment is closed")
+        if not any(m is self._mm for m in _PINNED):
+            _PINNED.append(self._mm)
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
 
     def unlink(self) -> None:
-        """Remove the file (the creator does this at a clean stop)."""
+        """Remove the file (the creator does this at a clean stop), if it is still ours."""
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._file_id:
+                self.path.unlink()
 
     def __enter__(self) -> Segment:
         return self
@@ -196,13 +337,24 @@ class Segment:
     def _entry_word(self, index: int) -> int:
         return (HEADER_SIZE + index * DIR_ENTRY_SIZE) // 8
 
+    def _words_or_raise(self):
+        if self._words is None:
+            raise SegmentError(f"{self.path}: segment is closed")
+        return self._words
+
     def slot_words(self, index: int):  # -> ffi cdata int64_t*
         """Pointer to the first word of slot `index`'s data."""
+        if not 0 <= index < self.capacity:
+            raise SegmentError(f"slot index {index} out of 0..{self.capacity - 1}")
         offset = HEADER_SIZE + self.capacity * DIR_ENTRY_SIZE + index * SLOT_SIZE
-        return self._words + offset // 8
+        return self._words_or_raise() + offset // 8
+
+    def slot_meta(self, index: int) -> int:
+        """The meta word of slot `index`'s directory entry (a record's size in bytes)."""
+        return lib.op_load_i64(self._words_or_raise() + self._entry_word(index) + 1)
 
     def _name_at(self, index: int) -> str:
-        start = HEADER_SIZE + index * DIR_ENTRY_SIZE + 16
+        start = HEADER_SIZE + index * DIR_ENTRY_SIZE + NAME_OFFSET
         return bytes(self._mm[start: start + NAME_MAX]).rstrip(b"\0").decode("utf-8", "replace")
 
     def find(self, name: str) -> tuple[int, int] | None:
@@ -214,18 +366,21 @@ class Segment:
 
     def slots(self) -> Iterator[tuple[int, str, int]]:
         """(index, name, kind) of every ready slot, in directory order."""
+        words = self._words_or_raise()
         for index in range(self.capacity):
-            state = lib.op_load_i64(self._words + self._entry_word(index))
+            state = lib.op_load_i64(words + self._entry_word(index))
             if state == 0:
                 return  # slots are claimed in order: the first free one ends the list
             if state > 0:
                 yield index, self._name_at(index), state
 
-    def claim(self, name: str, kind: int, init: bytes = b"") -> int:
+    def claim(self, name: str, kind: int, init: bytes = b"", meta: int = 0) -> int:
         """Index of the slot called `name`, claiming a free one if none exists.
 
-        `init` is written at the start of a newly claimed slot's data before the
-        slot is published, so readers never see a half-initialised slot.
+        `init` is written at the start of a newly claimed slot's data and `meta`
+        into its directory entry before the slot is published (a release store
+        of its kind), so readers never see a half-initialised slot. An existing
+        slot of another kind or another meta is an error, not a silent share.
         """
         if not self.writable:
             raise SegmentError(f"{self.path}: attached read-only, cannot register {name!r}")
@@ -234,17 +389,19 @@ class Segment:
             raise SegmentError(f"slot name must be 1..{NAME_MAX} bytes without NUL: {name!r}")
         if len(init) > SLOT_SIZE:
             raise SegmentError(f"slot init data of {len(init)} bytes exceeds {SLOT_SIZE}")
+        words = self._words_or_raise()
         me = os.getpid()
         index = 0
         while index < self.capacity:
-            state_ptr = self._words + self._entry_word(index)
+            state_ptr = words + self._entry_word(index)
             state = lib.op_load_i64(state_ptr)
             if state == 0 and lib.op_cas_i64(state_ptr, 0, -me):
                 entry = HEADER_SIZE + index * DIR_ENTRY_SIZE
-                self._mm[entry + 16: entry + 16 + NAME_MAX] = raw.ljust(NAME_MAX, b"\0")
+                self._mm[entry + NAME_OFFSET: entry + DIR_ENTRY_SIZE] = raw.ljust(NAME_MAX, b"\0")
+                lib.op_store_i64(state_ptr + 1, meta)
                 data = HEADER_SIZE + self.capacity * DIR_ENTRY_SIZE + index * SLOT_SIZE
                 self._mm[data: data + SLOT_SIZE] = init.ljust(SLOT_SIZE, b"\0")
-                lib.op_store_i64(state_ptr, kind)  # release: name and data first
+                lib.op_store_i64(state_ptr, kind)  # release: name, meta and data first
                 return index
             state = self._wait_claimed(state_ptr, index)
             if state == 0:
@@ -254,18 +411,31 @@ class Segment:
                     raise SegmentError(
                         f"slot {name!r} is a {KIND_NAMES.get(state, state)}, "
                         f"not a {KIND_NAMES.get(kind, kind)}")
+                found_meta = lib.op_load_i64(state_ptr + 1)
+                if found_meta != meta:
+                    raise SegmentError(
+                        f"{KIND_NAMES.get(kind, kind)} {name!r} exists with size {found_meta}, "
+                        f"not {meta}")
                 return index
             index += 1
         raise SegmentFullError(
             f"{self.path}: all {self.capacity} slots are taken; raise [shm] slots in the config")
 
     def _wait_claimed(self, state_ptr, index: int) -> int:
-        """Wait out another process's claim in progress; take over a dead claimer's."""
-        for spin in range(_CLAIM_SPINS):
+        """Wait out another process's claim in progress; free a dead claimer's entry."""
+        deadline = time.monotonic() + _CLAIM_TIMEOUT_S
+        spin = 0
+        while True:
             state = lib.op_load_i64(state_ptr)
             if state >= 0:
                 return state
-            if spin % 1000 == 999 and not _pid_alive(-state):
-                # The claimer died between CAS and publish: the slot is unnamed, free it.
-                lib.op_cas_i64(state_ptr, state, 0)
-        raise SegmentError(f"{self.path}: slot {index} stuck being claimed by pid {-state}")
+            spin += 1
+            if spin % 64 == 0:
+                if not _pid_alive(-state):
+                    # The claimer died between CAS and publish: nothing was published, free it.
+                    lib.op_cas_i64(state_ptr, state, 0)
+                    continue
+                if time.monotonic() > deadline:
+                    raise SegmentError(
+                        f"{self.path}: slot {index} stuck being claimed by pid {-state}")
+            os.sched_yield()  # a claimer preempted on a busy box needs the CPU, not us

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
 from runtime.store import KeyValueState
-from shm import Counter, Gauge, Heartbeat, Histogram, Segment
+from shm import Counter, Gauge, Heartbeat, Histogram, Record, Segment, SegmentError
 
 
 def state_stream(agent: str) -> str:
@@ -16,20 +18,49 @@ def state_stream(agent: str) -> str:
 
 
 class AgentMetrics:
-    """An agent's metrics in shared memory, named '<agent>:<metric>' in the segment."""
+    """An agent's metrics in shared memory, named '<agent>:<metric>' in the segment.
+
+    Asking twice for one name returns the same object (no second directory
+    scan), so `ctx.metrics.counter("x").inc()` in a loop stays cheap; hoisting
+    the object out of the loop is cheaper still.
+    """
 
     def __init__(self, segment: Segment, agent: str) -> None:
         self._segment = segment
         self._agent = agent
+        self._made: dict[tuple[str, str], Any] = {}
+
+    def _get(self, kind: str, name: str, make: Callable[[str], Any]) -> Any:
+        key = (kind, name)
+        found = self._made.get(key)
+        if found is None:
+            found = self._made[key] = make(f"{self._agent}:{name}")
+        return found
 
     def counter(self, name: str) -> Counter:
-        return Counter(self._segment, f"{self._agent}:{name}")
+        """A counter: inc() adds one, add(n) adds n."""
+        return self._get("counter", name, lambda full: Counter(self._segment, full))
 
     def gauge(self, name: str) -> Gauge:
-        return Gauge(self._segment, f"{self._agent}:{name}")
+        """A gauge: set(v), add(v)."""
+        return self._get("gauge", name, lambda full: Gauge(self._segment, full))
 
-    def histogram(self, name: str, bounds: list[float]) -> Histogram:
-        return Histogram(self._segment, f"{self._agent}:{name}", bounds)
+    def histogram(self, name: str, bounds: Sequence[float]) -> Histogram:
+        """A histogram with fixed bucket bounds (the same bounds every time for one name)."""
+        bounds = [float(b) for b in bounds]
+        made = self._get("histogram", name,
+                         lambda full: Histogram(self._segment, full, bounds))
+        if made.bounds != bounds:
+            raise SegmentError(f"histogram {name!r} exists with bounds {made.bounds}, "
+                               f"not {bounds}")
+        return made
+
+    def record(self, name: str, size: int) -> Record:
+        """A seqlocked record of `size` bytes (e.g. a status struct read by the CLI)."""
+        made = self._get("record", name, lambda full: Record(self._segment, full, size))
+        if made.size != size:
+            raise SegmentError(f"record {name!r} holds {made.size} bytes, not {size}")
+        return made
 
 
 class AgentContext:
