@@ -10,6 +10,7 @@ from typing import Any
 from runtime.config.schema import (
     AGENT_KEYS,
     CONTROL_KEYS,
+    MAINTAIN_KEYS,
     RUNTIME_KEYS,
     SHM_KEYS,
     STORE_KEYS,
@@ -55,6 +56,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     store = _section(raw, "store", STORE_KEYS, fail)
     shm = _section(raw, "shm", SHM_KEYS, fail)
     control = _section(raw, "control", CONTROL_KEYS, fail)
+    maintain = _section(raw, "maintain", MAINTAIN_KEYS, fail)
     if store["map_size_max"] < store["map_size"]:
         raise fail("store.map_size_max", f"must be >= store.map_size ({store['map_size']})")
 
@@ -96,6 +98,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         allowed_uids=tuple(control["allowed_uids"]),
         allowed_gids=tuple(control["allowed_gids"]),
         agents=tuple(agents),
+        maintain={**maintain,
+                  "archive_dir": (base / maintain["archive_dir"]).resolve(),
+                  "logs_dir": (base / maintain["logs_dir"]).resolve()},
     )
 
 

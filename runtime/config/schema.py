@@ -131,7 +131,17 @@ AGENT_KEYS = {
     "max_restarts": K(_int_range(0, 10**6), 10),
     "restart_window_s": K(_positive(), 60.0),
 }
-TOP_SECTIONS = ("runtime", "store", "shm", "control", "agents")
+MAINTAIN_KEYS = {
+    "prune_keep_tail": K(_int_range(0, 10**9), 0),
+    "archive_dir": K(PATH, "var/archive"),
+    "archive_after_days": K(_positive(), 7.0),
+    "archive_keep_days": K(_positive(), 90.0),
+    "logs_dir": K(PATH, "var/log"),
+    "disk_budget": K(SIZE, 1 << 30),
+    "disk_critical_factor": K(_typed(int, float, expected="a number >= 1",
+                                     check=lambda v: v >= 1), 1.25),
+}
+TOP_SECTIONS = ("runtime", "store", "shm", "control", "maintain", "agents")
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,7 @@ class Config:
     allowed_uids: tuple[int, ...] = ()
     allowed_gids: tuple[int, ...] = ()
     agents: tuple[AgentSpec, ...] = ()
+    maintain: dict[str, Any] = field(default_factory=dict)
 
     @property
     def socket_path(self) -> Path:
