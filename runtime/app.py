@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from typing import Any
 
 import trio
 
@@ -50,6 +51,10 @@ class Runtime:
         self.events = EventLog(store)
         self.started = time.monotonic()
         self.shutdown_requested = trio.Event()
+        # Maintenance the `maintain` control method can run inside the runtime, by
+        # name (runtime.methods.MaintenanceTask); runtime/maintain registers its tasks.
+        self.maintenance_tasks: dict[str, Any] = {}
+        self.control: ControlServer | None = None  # set once the socket is served
         self.supervisor = Supervisor(config.agents, self.make_context, self.heartbeat_age,
                                      self.events.emit)
 
@@ -102,8 +107,8 @@ async def _serve(rt: Runtime) -> None:
             nursery.start_soon(rt.events.run)
             rt.events.emit("runtime-start", None, pid=os.getpid(), version=__version__)
             await nursery.start(rt.supervisor.run)
-            server = ControlServer(config.socket_path, control_methods(rt),
-                                   config.allowed_uids, config.allowed_gids)
+            server = rt.control = ControlServer(config.socket_path, control_methods(rt),
+                                                config.allowed_uids, config.allowed_gids)
             await nursery.start(server.serve)
             log.info("outpost %s running: %d agent(s), control socket %s", __version__,
                      len(config.agents), config.socket_path)

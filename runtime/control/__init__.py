@@ -2,14 +2,16 @@
 
 from runtime.control.client import ControlClient, NotRunningError, RemoteError
 from runtime.control.protocol import Connection, ProtocolError
-from runtime.control.server import ControlServer, MethodError
+from runtime.control.server import ControlServer, Limits, MethodError, Stream
 
 __all__ = [
     "Connection",
     "ControlClient",
     "ControlServer",
+    "Limits",
     "MethodError",
     "NotRunningError",
     "ProtocolError",
     "RemoteError",
+    "Stream",
 ]

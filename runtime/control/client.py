@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +25,12 @@ from runtime.control.protocol import (
 
 
 class NotRunningError(Exception):
-    """No runtime answers on the socket."""
+    """No runtime answers on the socket (or it went away mid-conversation)."""
 
 
 class RemoteError(Exception):
-    """The runtime answered with an error."""
+    """The runtime answered with an error {code, message}; `forbidden` also for a
+    socket this user may not open."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -36,10 +38,15 @@ class RemoteError(Exception):
 
 
 class ControlClient:
-    """Connect to a runtime's control socket and call methods on it."""
+    """Connect to a runtime's control socket and call methods on it.
 
-    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
+    One request at a time; `timeout` bounds every socket operation except the
+    waits of a `stream` (which may be quiet for a long time).
+    """
+
+    def __init__(self, path: str | Path, timeout: float | None = 10.0) -> None:
         self.path = Path(path)
+        self.timeout = timeout
         self._ids = itertools.count(1)
         self._conn = Connection(CLIENT)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -50,8 +57,18 @@ class ControlClient:
             self._sock.close()
             raise NotRunningError(f"no outpost runtime answers on {self.path} "
                                   f"({exc.strerror})") from None
-        self._sock.sendall(self._conn.send(Hello()))
-        event = self._next()
+        except PermissionError:
+            self._sock.close()
+            raise RemoteError("forbidden", _permission_hint(self.path)) from None
+        except BaseException:
+            self._sock.close()
+            raise
+        try:
+            self._sock.sendall(self._conn.send(Hello()))
+            event = self._next()
+        except BaseException:
+            self.close()
+            raise
         if isinstance(event, ErrorResponse):
             self.close()
             raise RemoteError(event.code, event.message)
@@ -64,16 +81,26 @@ class ControlClient:
         while True:
             event = self._conn.next_event()
             if event is NEED_DATA:
-                self._conn.receive_data(self._sock.recv(65536))
+                try:
+                    data = self._sock.recv(65536)
+                except (ConnectionResetError, BrokenPipeError):
+                    data = b""
+                self._conn.receive_data(data)
                 continue
             if event is CLOSED:
                 raise NotRunningError("the runtime closed the connection")
             return event
 
+    def _send(self, request: Request) -> None:
+        try:
+            self._sock.sendall(self._conn.send(request))
+        except (ConnectionResetError, BrokenPipeError):
+            raise NotRunningError("the runtime closed the connection") from None
+
     def call(self, method: str, **params: Any) -> Any:
         """Call `method` and return its result; RemoteError if it failed."""
         req_id = next(self._ids)
-        self._sock.sendall(self._conn.send(Request(req_id, method, params)))
+        self._send(Request(req_id, method, params))
         event = self._next()
         if isinstance(event, ErrorResponse):
             raise RemoteError(event.code, event.message)
@@ -82,22 +109,31 @@ class ControlClient:
         return event.result
 
     def stream(self, method: str, **params: Any) -> Iterator[Any]:
-        """Call a streaming method and yield its items until it ends."""
+        """Call a streaming method and yield its items until it ends.
+
+        Waits without a timeout between items (a follower may be quiet for
+        hours); closing the client is how a caller stops following.
+        """
         req_id = next(self._ids)
-        self._sock.sendall(self._conn.send(Request(req_id, method, params)))
-        while True:
-            event = self._next()
-            if isinstance(event, ErrorResponse):
-                raise RemoteError(event.code, event.message)
-            if isinstance(event, StreamEnd):
-                return
-            if isinstance(event, StreamItem):
-                yield event.item
-            elif isinstance(event, Response):
-                yield event.result
-                return
+        self._send(Request(req_id, method, params))
+        self._sock.settimeout(None)
+        try:
+            while True:
+                event = self._next()
+                if isinstance(event, ErrorResponse):
+                    raise RemoteError(event.code, event.message)
+                if isinstance(event, StreamEnd):
+                    return
+                if isinstance(event, StreamItem):
+                    yield event.item
+                elif isinstance(event, Response):
+                    yield event.result
+                    return
+        finally:
+            self._sock.settimeout(self.timeout)
 
     def close(self) -> None:
+        """Close the connection (the runtime forgets it at once)."""
         self._sock.close()
 
     def __enter__(self) -> ControlClient:
@@ -105,3 +141,13 @@ class ControlClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _permission_hint(path: Path) -> str:
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        owner = None
+    who = f"uid {owner}" if owner is not None else "another user"
+    return (f"permission denied opening {path}: the control socket belongs to {who}; "
+            "run as that user or root")

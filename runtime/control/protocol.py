@@ -13,8 +13,18 @@ Wire format: frames of a 4-byte big-endian length followed by one msgpack map.
                     | {"id": int, "error": {"code": str, "message": str}}
                     | {"id": int, "stream": any}  ...  {"id": int, "end": true}
 
+The handshake comes first: a server may answer a hello with an id-less error
+(`forbidden`, `version`, `busy`) and close. After it, every request id is
+tracked on both sides: a response, error or stream item for an id that is not
+open is a ProtocolError, and a stream stays open until its end (or error).
+Requests may be pipelined; answers come in request order.
+
 A peer that breaks the protocol (oversized or undecodable frame, wrong shape,
 request before hello) gets a ProtocolError; the connection is then done.
+
+Buffers are bounded by construction: the length prefix is checked before the
+body is buffered, and drivers read more only when `next_event` says NEED_DATA,
+so one connection holds at most one frame plus one read.
 """
 
 from __future__ import annotations
@@ -27,13 +37,18 @@ import msgpack
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
+MAX_CONTAINER = 65536  # elements per msgpack array/map: bounds the work one frame causes
 _LEN = struct.Struct(">I")
 
 CLIENT, SERVER = "client", "server"
 
 
 class ProtocolError(Exception):
-    """The peer sent something the protocol does not allow; close after reporting."""
+    """The peer sent something the protocol does not allow; close after reporting.
+
+    `code` is machine-readable (bad_frame, too_large, no_hello, version,
+    bad_request, bad_id) and is what the server sends back before closing.
+    """
 
     def __init__(self, message: str, code: str = "bad_frame") -> None:
         super().__init__(message)
@@ -42,12 +57,16 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class Hello:
+    """The first frame each way: the protocol version, and the server's name on reply."""
+
     version: int = PROTOCOL_VERSION
     server: str | None = None
 
 
 @dataclass(frozen=True)
 class Request:
+    """Call `method` with `params`; `id` pairs the answer with the call."""
+
     id: int
     method: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -55,12 +74,16 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
+    """The result of the request `id` (ends it)."""
+
     id: int
     result: Any = None
 
 
 @dataclass(frozen=True)
 class ErrorResponse:
+    """The request `id` failed (ends it); id None: the connection itself is refused."""
+
     id: int | None
     code: str
     message: str
@@ -68,12 +91,16 @@ class ErrorResponse:
 
 @dataclass(frozen=True)
 class StreamItem:
+    """One item of a streaming answer to request `id` (more follow)."""
+
     id: int
     item: Any
 
 
 @dataclass(frozen=True)
 class StreamEnd:
+    """The streaming answer to request `id` is complete (ends it)."""
+
     id: int
 
 
@@ -92,7 +119,12 @@ Event = Hello | Request | Response | ErrorResponse | StreamItem | StreamEnd
 
 
 def encode_frame(obj: Any, max_frame: int = MAX_FRAME) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
+    """One frame: length prefix + msgpack body. ProtocolError if it would exceed `max_frame`
+    or the value is not msgpack data."""
+    try:
+        body = msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode a frame: {exc}", code="unencodable") from None
     if len(body) > max_frame:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {max_frame}-byte limit",
                             code="too_large")
@@ -102,14 +134,19 @@ def encode_frame(obj: Any, max_frame: int = MAX_FRAME) -> bytes:
 def _decode_body(body: bytes, max_frame: int) -> Any:
     try:
         return msgpack.unpackb(body, raw=False, strict_map_key=True, max_bin_len=max_frame,
-                               max_str_len=max_frame, max_array_len=65536, max_map_len=65536,
-                               max_ext_len=0)
+                               max_str_len=max_frame, max_array_len=MAX_CONTAINER,
+                               max_map_len=MAX_CONTAINER, max_ext_len=0)
     except Exception as exc:
         raise ProtocolError(f"undecodable msgpack frame: {exc}") from None
 
 
 class Connection:
-    """One end of a control connection. `role` is CLIENT or SERVER."""
+    """One end of a control connection. `role` is CLIENT or SERVER.
+
+    Tracks the handshake and the open request ids, so either side's mistakes
+    (a reply to an unknown id, a request before hello) surface as errors here
+    rather than as confusion in the driver.
+    """
 
     def __init__(self, role: str, max_frame: int = MAX_FRAME) -> None:
         if role not in (CLIENT, SERVER):
@@ -117,8 +154,21 @@ class Connection:
         self.role = role
         self.max_frame = max_frame
         self.handshaken = False
+        self._hello_sent = False
         self._buffer = bytearray()
         self._eof = False
+        self._open: set[int] = set()  # request ids sent (client) / received (server), unanswered
+        self._streaming: set[int] = set()  # the subset answered by a stream in progress
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events."""
+        return len(self._buffer)
+
+    @property
+    def open_requests(self) -> frozenset[int]:
+        """Request ids not yet fully answered."""
+        return frozenset(self._open)
 
     # -- input -------------------------------------------------------------------
 
@@ -154,7 +204,10 @@ class Connection:
         if not isinstance(msg, dict):
             raise ProtocolError(f"expected a map, got {type(msg).__name__}")
         if not self.handshaken:
-            if msg.get("hello") != "outpost" or not isinstance(msg.get("version"), int):
+            if self.role == CLIENT and "hello" not in msg and isinstance(msg.get("error"), dict):
+                return _error(None, msg["error"])  # refused before the handshake
+            if msg.get("hello") != "outpost" or not isinstance(msg.get("version"), int) \
+                    or isinstance(msg.get("version"), bool):
                 raise ProtocolError("expected a hello frame first", code="no_hello")
             if msg["version"] != PROTOCOL_VERSION:
                 raise ProtocolError(f"protocol version {msg['version']} is not supported "
@@ -173,21 +226,40 @@ class Connection:
                 raise ProtocolError("request has no method name", code="bad_request")
             if not isinstance(params, dict):
                 raise ProtocolError("request params must be a map", code="bad_request")
+            if msg_id in self._open:
+                raise ProtocolError(f"request id {msg_id} is already in use", code="bad_id")
+            self._open.add(msg_id)
             return Request(msg_id, method, params)
+        if msg_id not in self._open:
+            raise ProtocolError(f"answer for request id {msg_id}, which is not open",
+                                code="bad_id")
         if "result" in msg:
-            return Response(msg_id, msg["result"])
+            return self._closing(Response(msg_id, msg["result"]))
         if isinstance(msg.get("error"), dict):
-            return _error(msg_id, msg["error"])
+            return self._closing(_error(msg_id, msg["error"]))
         if "stream" in msg:
+            self._streaming.add(msg_id)
             return StreamItem(msg_id, msg["stream"])
         if msg.get("end") is True:
-            return StreamEnd(msg_id)
+            return self._closing(StreamEnd(msg_id))
         raise ProtocolError("response has neither result, error, stream nor end")
+
+    def _closing(self, event: Event) -> Event:
+        """`event` ends its request: forget the id."""
+        self._open.discard(event.id)  # type: ignore[union-attr]
+        self._streaming.discard(event.id)  # type: ignore[union-attr]
+        return event
 
     # -- output ------------------------------------------------------------------
 
     def send(self, event: Event) -> bytes:
-        """Bytes to write for `event`."""
+        """Bytes to write for `event`.
+
+        Raises ProtocolError if this side may not send it now: a client sends
+        Hello then Requests; a server answers Hello, then answers open requests.
+        (An id-less ErrorResponse, refusing the connection, a server may always send.)
+        """
+        self._check_send(event)
         if isinstance(event, Hello):
             obj: dict[str, Any] = {"hello": "outpost", "version": event.version}
             if event.server is not None:
@@ -204,7 +276,44 @@ class Connection:
             obj = {"id": event.id, "end": True}
         else:
             raise TypeError(f"cannot send {event!r}")
-        return encode_frame(obj, self.max_frame)
+        data = encode_frame(obj, self.max_frame)
+        self._after_send(event)
+        return data
+
+    def _check_send(self, event: Event) -> None:
+        if isinstance(event, Hello):
+            if self._hello_sent:
+                raise ProtocolError("hello was already sent", code="state")
+            if self.role == SERVER and not self.handshaken:
+                raise ProtocolError("the server answers a hello; it cannot go first",
+                                    code="state")
+            return
+        if self.role == CLIENT:
+            if not isinstance(event, Request):
+                raise ProtocolError(f"a client sends requests, not {type(event).__name__}",
+                                    code="state")
+            if not self._hello_sent:
+                raise ProtocolError("send hello before any request", code="state")
+            if event.id in self._open:
+                raise ProtocolError(f"request id {event.id} is already in use", code="bad_id")
+            return
+        if isinstance(event, Request):
+            raise ProtocolError("a server does not send requests", code="state")
+        if isinstance(event, ErrorResponse) and event.id is None:
+            return
+        if event.id not in self._open:  # type: ignore[union-attr]
+            raise ProtocolError(f"request id {event.id} is not open", code="bad_id")  # type: ignore[union-attr]
+
+    def _after_send(self, event: Event) -> None:
+        if isinstance(event, Hello):
+            self._hello_sent = True
+        elif isinstance(event, Request):
+            self._open.add(event.id)
+        elif isinstance(event, StreamItem):
+            self._streaming.add(event.id)
+        elif isinstance(event, Response | ErrorResponse | StreamEnd) and event.id is not None:
+            self._open.discard(event.id)
+            self._streaming.discard(event.id)
 
 
 def _error(msg_id: int | None, err: dict) -> ErrorResponse:

@@ -1,17 +1,23 @@
 """The control socket server: thin trio code around the sans-IO protocol.
 
 Every connection is checked with SO_PEERCRED; requests are dispatched to the
-runtime's handlers. A misbehaving client only ever loses its own connection.
+runtime's handlers. A misbehaving client only ever loses its own connection:
+each connection is its own task with deadlines on the hello, on finishing a
+started frame, on idling and on every send, and a connection holds at most one
+frame plus one read of buffered input (see protocol). Nothing a client does
+can raise out of `serve`, so the runtime never dies because of a client.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,7 @@ import trio
 from runtime import __version__
 from runtime.control.protocol import (
     CLOSED,
+    MAX_FRAME,
     NEED_DATA,
     SERVER,
     Connection,
@@ -28,33 +35,112 @@ from runtime.control.protocol import (
     ProtocolError,
     Request,
     Response,
+    StreamEnd,
+    StreamItem,
 )
 
 log = logging.getLogger("outpost.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-_IDLE_TIMEOUT_S = 300.0
-_SEND_TIMEOUT_S = 5.0
 _PEERCRED = struct.Struct("3i")
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
+_READ = 65536
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class MethodError(Exception):
-    """A handler's refusal, sent to the client as {"error": {code, message}}."""
+    """A handler's refusal, sent to the client as {"error": {code, message}}.
+
+    Codes in use: bad_params, not_found, not_available, failed, lagged.
+    """
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
+class Stream:
+    """Return this from a handler to answer with a stream of items (e.g. events -f).
+
+    The server sends each item as it comes, then the end. If the client goes
+    away (or cannot keep up within the send timeout) the iterator is closed,
+    so a follower never outlives its client. An item source raising MethodError
+    ends the stream with that error.
+    """
+
+    def __init__(self, items: AsyncIterator[Any]) -> None:
+        self.items = items
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection bounds that keep one client from hurting the others.
+
+    hello_timeout_s: to send the hello after connecting.
+    frame_timeout_s: to finish a frame once its first byte arrived (half-frame senders).
+    idle_timeout_s: between requests.
+    send_timeout_s: for the client to take each answer (non-readers).
+    """
+
+    max_connections: int = 256
+    max_frame: int = MAX_FRAME
+    hello_timeout_s: float = 5.0
+    frame_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    send_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end, from the kernel (SO_PEERCRED / SO_PEERGROUPS)."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} uid {self.uid} gid {self.gid}"
+
+
+def peer_of(sock: socket.socket | trio.socket.SocketType) -> Peer:
+    """The credentials the kernel recorded for the process that connected `sock`."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    groups: tuple[int, ...] = ()
+    with contextlib.suppress(OSError):  # older kernels, or > 256 groups: primary gid only
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)  # Python's largest buflen
+        groups = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+    return Peer(pid, uid, gid, groups)
+
+
 class ControlServer:
-    """Serve `handlers` on the Unix socket at `path` (mode 0600) until cancelled."""
+    """Serve `handlers` on the Unix socket at `path` (mode 0600) until cancelled.
+
+    Allowed peers: this process's uid, root, `allowed_uids`, and members
+    (primary or supplementary group) of `allowed_gids`. Everyone else gets a
+    `forbidden` error naming their uid, and the attempt is logged.
+    """
 
     def __init__(self, path: Path, handlers: dict[str, Handler],
-                 allowed_uids: tuple[int, ...] = (), allowed_gids: tuple[int, ...] = ()) -> None:
+                 allowed_uids: tuple[int, ...] = (), allowed_gids: tuple[int, ...] = (),
+                 limits: Limits = Limits()) -> None:
         self.path = path
         self.handlers = handlers
-        self._uids = {os.getuid(), 0, *allowed_uids}
-        self._gids = set(allowed_gids)
+        self.limits = limits
+        self.set_allowed(allowed_uids, allowed_gids)
+        self.active = 0  # connections being served now
+        self.refused = 0  # connections refused (credentials or capacity)
+
+    def set_allowed(self, uids: tuple[int, ...], gids: tuple[int, ...]) -> None:
+        """Replace the configured allowed uids/gids (a reload applies [control] this way)."""
+        self._uids = {os.getuid(), 0, *uids}
+        self._gids = set(gids)
+
+    def allows(self, peer: Peer) -> bool:
+        """May `peer` control this runtime?"""
+        return peer.uid in self._uids or peer.gid in self._gids \
+            or not self._gids.isdisjoint(peer.groups)
 
     async def _bind(self) -> trio.socket.SocketType:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -75,80 +161,195 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
-        sock.listen(64)
+        sock.listen(socket.SOMAXCONN)
         return sock
 
     async def serve(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report started, and accept connections until cancelled."""
         sock = await self._bind()
-        listener = trio.SocketListener(sock)
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self._handle, stream)
+                    try:
+                        conn_sock, _ = await sock.accept()
+                    except OSError as exc:
+                        # Out of fds or memory: keep the runtime alive, retry shortly.
+                        log.error("control: accept failed: %s", exc)
+                        if exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                            await trio.sleep(0.1)
+                        continue
+                    nursery.start_soon(self._handle, trio.SocketStream(conn_sock))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             sock.close()
 
-    def _peer_allowed(self, stream: trio.SocketStream) -> tuple[bool, str]:
-        raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        pid, uid, gid = _PEERCRED.unpack(raw)
-        return (uid in self._uids or gid in self._gids), f"pid {pid} uid {uid} gid {gid}"
-
     async def _handle(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            allowed, who = self._peer_allowed(stream)
-            conn = Connection(SERVER)
-            if not allowed:
-                log.warning("control: refused connection from %s (not an allowed user)", who)
-                with trio.move_on_after(_SEND_TIMEOUT_S):
-                    await stream.send_all(conn.send(ErrorResponse(
-                        None, "forbidden", f"{who} may not control this runtime; "
-                        "add the uid to [control] allowed_uids")))
-                return
-            try:
-                await self._converse(stream, conn)
-            except ProtocolError as exc:
-                log.info("control: closing connection from %s: %s", who, exc)
-                with trio.move_on_after(_SEND_TIMEOUT_S), contextlib.suppress(
-                        trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(conn.send(ErrorResponse(None, exc.code, str(exc))))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-                pass
+        self.active += 1
+        try:
+            async with stream:
+                await self._handle_checked(stream)
+        except (*_BROKEN, trio.TooSlowError):
+            pass
+        except Exception:  # a bug of ours must cost one connection, never the runtime
+            log.exception("control: connection handler failed")
+        finally:
+            self.active -= 1
+
+    async def _handle_checked(self, stream: trio.SocketStream) -> None:
+        conn = Connection(SERVER, self.limits.max_frame)
+        try:
+            peer = peer_of(stream.socket)
+        except OSError:
+            return  # gone before we looked
+        if not self.allows(peer):
+            self.refused += 1
+            log.warning("control: refused connection from %s (not an allowed user)", peer)
+            await self._refuse(stream, conn, "forbidden",
+                               f"uid {peer.uid} may not control this runtime (it runs as uid "
+                               f"{os.getuid()}); run as that user or root, or add the uid "
+                               "to [control] allowed_uids")
+            return
+        if self.active > self.limits.max_connections:
+            self.refused += 1
+            log.warning("control: refused connection from %s: %d connections already open",
+                        peer, self.active - 1)
+            await self._refuse(stream, conn, "busy",
+                               f"the runtime serves {self.limits.max_connections} control "
+                               "connections already; try again")
+            return
+        try:
+            await self._converse(stream, conn)
+        except ProtocolError as exc:
+            log.info("control: closing connection from %s: %s", peer, exc)
+            await self._refuse(stream, conn, exc.code, str(exc))
+        except trio.TooSlowError:
+            log.info("control: closing connection from %s: too slow", peer)
+
+    async def _refuse(self, stream: trio.SocketStream, conn: Connection, code: str,
+                      message: str) -> None:
+        with trio.move_on_after(self.limits.send_timeout_s), contextlib.suppress(*_BROKEN):
+            await stream.send_all(conn.send(ErrorResponse(None, code, message)))
+
+    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
+        with trio.fail_after(self.limits.send_timeout_s):
+            await stream.send_all(data)
 
     async def _converse(self, stream: trio.SocketStream, conn: Connection) -> None:
+        limits = self.limits
+        hello_deadline = trio.current_time() + limits.hello_timeout_s
+        frame_deadline: float | None = None
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
-                with trio.fail_after(_IDLE_TIMEOUT_S):
-                    conn.receive_data(await stream.receive_some(65536))
+                # Absolute deadlines: trickling one byte at a time does not extend them.
+                if not conn.handshaken:
+                    deadline = hello_deadline
+                elif conn.buffered:
+                    if frame_deadline is None:
+                        frame_deadline = trio.current_time() + limits.frame_timeout_s
+                    deadline = frame_deadline
+                else:
+                    deadline = trio.current_time() + limits.idle_timeout_s
+                with trio.fail_at(deadline):
+                    conn.receive_data(await stream.receive_some(_READ))
                 continue
+            frame_deadline = None
             if event is CLOSED:
                 return
             if isinstance(event, Hello):
-                reply = conn.send(Hello(server=f"outpost {__version__}"))
-            else:
-                assert isinstance(event, Request)
-                response = await self._dispatch(event)
-                try:
-                    reply = conn.send(response)
-                except ProtocolError as exc:  # e.g. a result larger than a frame
-                    reply = conn.send(ErrorResponse(event.id, exc.code, str(exc)))
-            with trio.fail_after(_SEND_TIMEOUT_S):
-                await stream.send_all(reply)
+                await self._send(stream, conn.send(Hello(server=f"outpost {__version__}")))
+                continue
+            assert isinstance(event, Request)
+            answer = await self._dispatch(event)
+            if isinstance(answer, Stream):
+                await self._stream(stream, conn, event.id, answer)
+                continue
+            try:
+                reply = conn.send(answer)
+            except ProtocolError as exc:  # e.g. a result larger than a frame
+                reply = conn.send(ErrorResponse(event.id, exc.code, str(exc)))
+            await self._send(stream, reply)
 
-    async def _dispatch(self, request: Request) -> Response | ErrorResponse:
+    async def _stream(self, stream: trio.SocketStream, conn: Connection, req_id: int,
+                      source: Stream) -> None:
+        """Send `source`'s items until it ends, fails, or the client goes away."""
+        peer_gone = False
+        failure: BaseException | None = None
+        items = source.items
+
+        async def watch_peer(cancel: trio.CancelScope) -> None:
+            # While streaming the client has nothing to say; its EOF (or a broken
+            # socket) is how it stops following. Pipelined bytes are kept for later.
+            nonlocal peer_gone
+            with contextlib.suppress(*_BROKEN):
+                while conn.buffered <= self.limits.max_frame:
+                    data = await stream.receive_some(_READ)
+                    if not data:
+                        break
+                    conn.receive_data(data)
+                else:
+                    await trio.sleep_forever()  # enough buffered: stop reading until done
+            peer_gone = True
+            cancel.cancel()
+
+        async def pump() -> None:
+            while True:
+                try:
+                    item = await items.__anext__()
+                except StopAsyncIteration:
+                    await self._send(stream, conn.send(StreamEnd(req_id)))
+                    return
+                except Exception as exc:
+                    code, message = _error_of(exc, "stream")
+                    await self._send(stream, conn.send(ErrorResponse(req_id, code, message)))
+                    return
+                try:
+                    data = conn.send(StreamItem(req_id, item))
+                except ProtocolError as exc:  # an item too large for a frame
+                    await self._send(stream, conn.send(ErrorResponse(req_id, exc.code,
+                                                                     str(exc))))
+                    return
+                await self._send(stream, data)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_peer, nursery.cancel_scope)
+                try:
+                    await pump()
+                except (trio.TooSlowError, *_BROKEN) as exc:
+                    failure = exc  # raised below, outside the nursery (no exception group)
+                nursery.cancel_scope.cancel()
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await aclose()
+        if failure is not None:
+            raise failure
+        if peer_gone:
+            raise trio.ClosedResourceError  # the connection is over; let _handle close it
+
+    async def _dispatch(self, request: Request) -> Response | ErrorResponse | Stream:
         handler = self.handlers.get(request.method)
         if handler is None:
             return ErrorResponse(request.id, "unknown_method",
                                  f"no method {request.method!r}; known: "
                                  + ", ".join(sorted(self.handlers)))
         try:
-            return Response(request.id, await handler(request.params))
-        except MethodError as exc:
-            return ErrorResponse(request.id, exc.code, str(exc))
+            result = await handler(request.params)
         except Exception as exc:
-            log.exception("control method %s failed", request.method)
-            return ErrorResponse(request.id, "internal", f"{type(exc).__name__}: {exc}")
+            code, message = _error_of(exc, request.method)
+            return ErrorResponse(request.id, code, message)
+        if isinstance(result, Stream):
+            return result
+        return Response(request.id, result)
+
+
+def _error_of(exc: Exception, method: str) -> tuple[str, str]:
+    """(code, message) for a handler's exception; unexpected ones are logged in full."""
+    if isinstance(exc, MethodError):
+        return exc.code, str(exc)
+    log.error("control method %s failed", method, exc_info=exc)
+    return "internal", f"{type(exc).__name__}: {exc}"
