@@ -35,11 +35,11 @@ int64_t op_hist_observe(int64_t *slot, double v);
 int64_t op_seq_begin(int64_t *rec, int64_t pid, int64_t max_spins);
 int op_seq_begin_steal(int64_t *rec, int64_t dead_pid, int64_t pid);
 void op_seq_end(int64_t *rec);
-int64_t op_seq_write(int64_t *rec, const int64_t *src, size_t nwords, int64_t pid,
+int64_t op_seq_write(int64_t *rec, const char *src, size_t nbytes, int64_t pid,
                      int64_t max_spins);
-int op_seq_write_steal(int64_t *rec, const int64_t *src, size_t nwords, int64_t dead_pid,
+int op_seq_write_steal(int64_t *rec, const char *src, size_t nbytes, int64_t dead_pid,
                        int64_t pid);
-int op_seq_read(const int64_t *rec, int64_t *dst, size_t nwords, int64_t max_spins);
+int op_seq_read(const int64_t *rec, char *dst, size_t nbytes, int64_t max_spins);
 """
 
 # cffi's generated wrapper for every function releases and re-takes the GIL and

@@ -192,43 +192,57 @@ void op_seq_end(int64_t *rec) {
     atomic_store_explicit(A64(&rec[1]), 0, memory_order_release);
 }
 
-static void seq_copy_in(int64_t *rec, const int64_t *src, size_t nwords) {
-    if (nwords > SEQ_PAYLOAD_MAX) nwords = SEQ_PAYLOAD_MAX;  /* never past the slot */
-    for (size_t i = 0; i < nwords; i++)
-        atomic_store_explicit(A64(&rec[OP_SEQ_HEADER_WORDS + i]), src[i], memory_order_relaxed);
+/* Payloads are bytes; the record stores them in whole words (the last one
+ * zero-padded), each copied with a relaxed atomic store or load. */
+static size_t seq_words(size_t nbytes) {
+    if (nbytes > SEQ_PAYLOAD_MAX * 8) nbytes = SEQ_PAYLOAD_MAX * 8;  /* never past the slot */
+    return (nbytes + 7) / 8;
 }
 
-int64_t op_seq_write(int64_t *rec, const int64_t *src, size_t nwords, int64_t pid,
+static void seq_copy_in(int64_t *rec, const char *src, size_t nbytes) {
+    int64_t w[SEQ_PAYLOAD_MAX] = {0};
+    size_t n = seq_words(nbytes);
+    memcpy(w, src, nbytes < n * 8 ? nbytes : n * 8);
+    for (size_t i = 0; i < n; i++)
+        atomic_store_explicit(A64(&rec[OP_SEQ_HEADER_WORDS + i]), w[i], memory_order_relaxed);
+}
+
+int64_t op_seq_write(int64_t *rec, const char *src, size_t nbytes, int64_t pid,
                      int64_t max_spins) {
     int64_t holder = op_seq_begin(rec, pid, max_spins);
     if (holder != 0) return holder;
-    seq_copy_in(rec, src, nwords);
+    seq_copy_in(rec, src, nbytes);
     op_seq_end(rec);
     return 0;
 }
 
-int op_seq_write_steal(int64_t *rec, const int64_t *src, size_t nwords, int64_t dead_pid,
+int op_seq_write_steal(int64_t *rec, const char *src, size_t nbytes, int64_t dead_pid,
                        int64_t pid) {
     if (!op_seq_begin_steal(rec, dead_pid, pid)) return 0;
-    seq_copy_in(rec, src, nwords);
+    seq_copy_in(rec, src, nbytes);
     op_seq_end(rec);
     return 1;
 }
 
-int op_seq_read(const int64_t *rec, int64_t *dst, size_t nwords, int64_t max_spins) {
-    if (nwords > SEQ_PAYLOAD_MAX) nwords = SEQ_PAYLOAD_MAX;
+int op_seq_read(const int64_t *rec, char *dst, size_t nbytes, int64_t max_spins) {
+    /* Copy into a local buffer and hand it out only once it is known consistent:
+     * dst never holds a torn value, even from a failed attempt. */
+    int64_t w[SEQ_PAYLOAD_MAX];
+    size_t n = seq_words(nbytes);
     for (int64_t spin = 0; spin < max_spins; spin++) {
         int64_t s1 = atomic_load_explicit(A64(&rec[0]), memory_order_acquire);
         if (s1 & 1) {
             CPU_RELAX();
             continue;
         }
-        for (size_t i = 0; i < nwords; i++)
-            dst[i] = atomic_load_explicit(A64(&rec[OP_SEQ_HEADER_WORDS + i]),
-                                          memory_order_relaxed);
+        for (size_t i = 0; i < n; i++)
+            w[i] = atomic_load_explicit(A64(&rec[OP_SEQ_HEADER_WORDS + i]), memory_order_relaxed);
         atomic_thread_fence(memory_order_acquire);
         int64_t s2 = atomic_load_explicit(A64(&rec[0]), memory_order_relaxed);
-        if (s1 == s2) return 0;
+        if (s1 == s2) {
+            memcpy(dst, w, nbytes < n * 8 ? nbytes : n * 8);
+            return 0;
+        }
         CPU_RELAX();
     }
     return 1;

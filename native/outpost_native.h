@@ -58,16 +58,19 @@ int64_t op_hist_observe(int64_t *slot, double v);
  *   op_seq_begin_steal: take the lock from dead_pid (who died holding it).
  *     1 on success, 0 if the lock changed meanwhile (retry op_seq_begin).
  *   op_seq_end: make the sequence even, then unlock.
- *   op_seq_write / op_seq_write_steal: begin (or steal), copy, end.
- *   op_seq_read: 0 on a consistent copy, 1 if no consistent copy was seen in
- *     max_spins attempts (the caller then checks whether the writer lives). */
+ *   op_seq_write / op_seq_write_steal: begin (or steal), copy nbytes in, end.
+ *   op_seq_read: 0 after copying a consistent nbytes to dst, 1 if no
+ *     consistent copy was seen in max_spins attempts (dst untouched; the caller
+ *     then checks whether the writer lives).
+ * Payloads are at most (OP_SLOT_WORDS - OP_SEQ_HEADER_WORDS) * 8 bytes; longer
+ * ones are cut there, never written past the slot. */
 int64_t op_seq_begin(int64_t *rec, int64_t pid, int64_t max_spins);
 int op_seq_begin_steal(int64_t *rec, int64_t dead_pid, int64_t pid);
 void op_seq_end(int64_t *rec);
-int64_t op_seq_write(int64_t *rec, const int64_t *src, size_t nwords, int64_t pid,
+int64_t op_seq_write(int64_t *rec, const char *src, size_t nbytes, int64_t pid,
                      int64_t max_spins);
-int op_seq_write_steal(int64_t *rec, const int64_t *src, size_t nwords, int64_t dead_pid,
+int op_seq_write_steal(int64_t *rec, const char *src, size_t nbytes, int64_t dead_pid,
                        int64_t pid);
-int op_seq_read(const int64_t *rec, int64_t *dst, size_t nwords, int64_t max_spins);
+int op_seq_read(const int64_t *rec, char *dst, size_t nbytes, int64_t max_spins);
 
 #endif

@@ -43,6 +43,8 @@ _SEQ_SPINS = 20_000
 RECORD_TIMEOUT_S = 1.0
 
 _load_i64 = lib.op_load_i64
+_seq_read = lib.op_seq_read
+_seq_write = lib.op_seq_write
 
 # The pid a writer stamps into a record's lock. Cached (os.getpid is a syscall)
 # and refreshed in a forked child, which inherits Record objects.
@@ -86,6 +88,15 @@ class Counter:
         segment.pin()
         self.inc = partial(lib.op_inc_i64, self._ptr)
         self.add = partial(lib.op_add_i64, self._ptr)
+
+    def native(self) -> tuple[Callable[[object], None], object]:
+        """(function, pointer) for the hottest loops: `f, p = c.native()`, then `f(p)` adds one.
+
+        Skips the partial object and the attribute lookup of `c.inc()` (see
+        scripts/bench/shm.py for the figures). The pointer stays valid for the
+        life of the process (the mapping is pinned).
+        """
+        return lib.op_inc_i64, self._ptr
 
     def value(self) -> int:
         """The current total (an acquire load)."""
@@ -212,70 +223,73 @@ class Record:
     spun on) and is taken over by the next writer, which repairs the record.
     """
 
-    __slots__ = ("_nwords", "_ptr", "name", "size")
+    __slots__ = ("_out", "_ptr", "name", "size")
 
     def __init__(self, segment: Segment, name: str, size: int) -> None:
         if not 1 <= size <= RECORD_MAX_BYTES:
             raise SegmentError(f"record {name!r}: size must be 1..{RECORD_MAX_BYTES} bytes")
         self.name, self.size = name, size
-        self._nwords = (size + 7) // 8
         self._ptr = segment.slot_words(segment.claim(name, RECORD, meta=size))
         segment.pin()
+        # Shared by reads: the native read fills it only with a consistent copy,
+        # in one call that keeps the GIL, so a thread never sees another's torn one.
+        self._out = ffi.new("char[]", size)
 
     def write(self, data: bytes, timeout: float = RECORD_TIMEOUT_S) -> None:
-        """Publish `data` (exactly `size` bytes) as the record's new value."""
+        """Publish `data` (exactly `size` bytes) as the record's new value.
+
+        Raises RecordBusyError if a live writer holds the record past `timeout`.
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
         if len(data) != self.size:
             raise ValueError(f"record {self.name!r} holds {self.size} bytes, got {len(data)}")
-        buf = ffi.new("int64_t[]", self._nwords)  # per call: threads may write at once
-        ffi.memmove(buf, data, len(data))
-        write_record(self._ptr, buf, self._nwords, timeout)
+        if _seq_write(self._ptr, data, self.size, _pid, _SEQ_SPINS) != 0:
+            write_record(self._ptr, data, timeout)
 
     def read(self, timeout: float = RECORD_TIMEOUT_S) -> bytes:
         """The current value, whole. Raises RecordWriterDiedError or RecordBusyError."""
-        out = ffi.new("int64_t[]", self._nwords)
-        return read_record(self._ptr, out, self._nwords, timeout)[: self.size]
+        if _seq_read(self._ptr, self._out, self.size, _SEQ_SPINS) == 0:
+            return ffi.unpack(self._out, self.size)
+        return read_record(self._ptr, self._out, self.size, timeout)
 
 
-def write_record(ptr, src, nwords: int, timeout: float = RECORD_TIMEOUT_S) -> None:
-    """Seqlocked write of `nwords` words from `src` into the record at `ptr`."""
-    holder = lib.op_seq_write(ptr, src, nwords, _pid, _SEQ_SPINS)
-    if holder == 0:
-        return
+def write_record(ptr, data: bytes, timeout: float = RECORD_TIMEOUT_S) -> None:
+    """Seqlocked write of `data` into the record at `ptr`, waiting out or taking over holders."""
     deadline = time.monotonic() + timeout
     while True:
+        holder = _seq_write(ptr, data, len(data), _pid, _SEQ_SPINS)
+        if holder == 0:
+            return
         # Our own pid cannot be a live holder: a write is one native call that
         # keeps the GIL, so a lock with our pid was left by a process that died.
         if holder == _pid or (holder > 0 and not _pid_alive(holder)):
-            if lib.op_seq_write_steal(ptr, src, nwords, holder, _pid):
+            if lib.op_seq_write_steal(ptr, data, len(data), holder, _pid):
                 return
         elif time.monotonic() > deadline:
             raise RecordBusyError(
                 f"record busy: writer pid {holder} has held it for more than {timeout}s")
         else:
-            os.sched_yield()
-        holder = lib.op_seq_write(ptr, src, nwords, _pid, _SEQ_SPINS)
-        if holder == 0:
-            return
+            os.sched_yield()  # on 2 cores the writer we wait for may need ours
 
 
-def read_record(ptr, out, nwords: int, timeout: float = RECORD_TIMEOUT_S) -> bytes:
-    """Consistent copy of a seqlocked record's payload.
+def read_record(ptr, out, nbytes: int, timeout: float = RECORD_TIMEOUT_S) -> bytes:
+    """Consistent copy of a seqlocked record's first `nbytes` payload bytes (via `out`).
 
     Raises RecordWriterDiedError if the write in progress belongs to a dead
     process, RecordBusyError if a live writer holds it past `timeout`.
     """
-    if lib.op_seq_read(ptr, out, nwords, _SEQ_SPINS) != 0:
-        deadline = time.monotonic() + timeout
-        while lib.op_seq_read(ptr, out, nwords, _SEQ_SPINS) != 0:
-            holder = _load_i64(ptr + 1)
-            if holder > 0 and not _pid_alive(holder) and _load_i64(ptr) & 1:
-                raise RecordWriterDiedError(
-                    f"record writer pid {holder} died in the middle of a write")
-            if time.monotonic() > deadline:
-                raise RecordBusyError(f"record busy: a write by pid {holder} has been in "
-                                      f"progress for more than {timeout}s")
-            os.sched_yield()
-    return bytes(ffi.buffer(out, nwords * 8))
+    deadline = time.monotonic() + timeout
+    while _seq_read(ptr, out, nbytes, _SEQ_SPINS) != 0:
+        holder = _load_i64(ptr + 1)
+        if holder > 0 and not _pid_alive(holder) and _load_i64(ptr) & 1:
+            raise RecordWriterDiedError(
+                f"record writer pid {holder} died in the middle of a write")
+        if time.monotonic() > deadline:
+            raise RecordBusyError(f"record busy: a write by pid {holder} has been in "
+                                  f"progress for more than {timeout}s")
+        os.sched_yield()
+    return ffi.unpack(out, nbytes)
 
 
 def heartbeat_age(ptr) -> float | None:
@@ -323,6 +337,5 @@ def slot_value(segment: Segment, index: int, kind: int):
         size = segment.slot_meta(index)
         if not 1 <= size <= RECORD_MAX_BYTES:
             raise SegmentError(f"corrupt record slot (size {size})")
-        nwords = (size + 7) // 8
-        return read_record(words, ffi.new("int64_t[]", nwords), nwords)[:size]
+        return read_record(words, ffi.new("char[]", size), size)
     raise SegmentError(f"slot {index} has unknown kind {kind}")

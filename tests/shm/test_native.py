@@ -98,31 +98,46 @@ def test_hist_observe_refuses_a_corrupt_bound_count(seg: Segment) -> None:
 
 def test_seqlock_write_read_roundtrip_and_sequence(seg: Segment) -> None:
     rec = words(seg)
-    src = ffi.new("int64_t[]", [1, 2, 3])
-    dst = ffi.new("int64_t[]", 3)
-    assert lib.op_seq_write(rec, src, 3, 4242, 10) == 0
+    dst = ffi.new("char[]", 11)
+    assert lib.op_seq_write(rec, b"hello world", 11, 4242, 10) == 0
     assert lib.op_load_i64(rec) == 2 and lib.op_load_i64(rec + 1) == 0  # even, unlocked
-    assert lib.op_seq_read(rec, dst, 3, 10) == 0 and list(dst) == [1, 2, 3]
+    assert lib.op_seq_read(rec, dst, 11, 10) == 0 and ffi.unpack(dst, 11) == b"hello world"
+    assert lib.op_load_i64(rec + 3) == int.from_bytes(b"rld\0\0\0\0\0", "little")  # padded
 
 
 def test_seqlock_lock_held_is_reported_with_holder_pid(seg: Segment) -> None:
     rec = words(seg)
+    assert lib.op_seq_write(rec, b"before!!", 8, 1, 10) == 0
     assert lib.op_seq_begin(rec, 111, 10) == 0
     assert lib.op_load_i64(rec) & 1
-    src = ffi.new("int64_t[]", [9])
-    assert lib.op_seq_write(rec, src, 1, 222, 100) == 111  # busy: says who holds it
-    assert lib.op_seq_read(rec, ffi.new("int64_t[]", 1), 1, 100) == 1  # odd: no copy
+    assert lib.op_seq_write(rec, b"newvalue", 8, 222, 100) == 111  # busy: says who holds it
+    dst = ffi.new("char[]", b"untouch")
+    assert lib.op_seq_read(rec, dst, 8, 100) == 1  # odd: no copy...
+    assert ffi.unpack(dst, 8) == b"untouch\0"  # ...and dst is left alone, not half-filled
     # Steal only from the named holder; then the write completes and the sequence is even.
-    assert lib.op_seq_write_steal(rec, src, 1, 333, 222) == 0
-    assert lib.op_seq_write_steal(rec, src, 1, 111, 222) == 1
+    assert lib.op_seq_write_steal(rec, b"newvalue", 8, 333, 222) == 0
+    assert lib.op_seq_write_steal(rec, b"newvalue", 8, 111, 222) == 1
     assert lib.op_load_i64(rec) % 2 == 0 and lib.op_load_i64(rec + 1) == 0
-    out = ffi.new("int64_t[]", 1)
-    assert lib.op_seq_read(rec, out, 1, 10) == 0 and out[0] == 9
+    assert lib.op_seq_read(rec, dst, 8, 10) == 0 and ffi.unpack(dst, 8) == b"newvalue"
 
 
 def test_seqlock_never_writes_past_its_slot(seg: Segment) -> None:
     rec = words(seg)
-    n = lib.OP_SLOT_WORDS + 8
-    assert lib.op_seq_write(rec, ffi.new("int64_t[]", [7] * n), n, 1, 10) == 0
-    assert lib.op_load_i64(rec + lib.OP_SLOT_WORDS - 1) == 7
+    n = lib.OP_SLOT_WORDS * 8 + 64
+    assert lib.op_seq_write(rec, b"\x07" * n, n, 1, 10) == 0
+    assert lib.op_load_i64(rec + lib.OP_SLOT_WORDS - 1) == 0x0707070707070707
     assert lib.op_load_i64(words(seg, 1)) == 0  # the next slot is untouched
+    big = ffi.new("char[]", n)
+    assert lib.op_seq_read(rec, big, n, 10) == 0  # reads are cut at the slot too
+    assert ffi.unpack(big, n) == b"\x07" * ((lib.OP_SLOT_WORDS - 2) * 8) + bytes(n - 240)
+
+
+def test_counter_native_pair_adds_one_per_call(seg: Segment) -> None:
+    from shm import Counter
+
+    c = Counter(seg, "hot")
+    f, p = c.native()
+    for _ in range(5):
+        f(p)
+    c.inc()
+    assert c.value() == 6

@@ -1,0 +1,330 @@
+"""Shared-memory metrics benchmark: our Counter.inc next to the alternatives, in ONE run.
+
+    .venv/bin/python scripts/bench/shm.py [--json] [--n 1000000] [--repeat 7] [--procs 4]
+
+Every case runs the same loop shape, `for _ in range(n): <op>`, `repeat` times with
+the GC off; figures are the median ns per iteration (the min is reported too).
+Cases: the bare loop; Counter.inc as agents write it (`c.inc()`), bound to a
+local (`inc()`) and as the bare cffi call (`f, p = c.native()`; `f(p)`);
+Counter.add; a C-level loop through the
+extension (the floor: one atomic add per iteration, no Python); mp.Value with its
+lock; prometheus_client Counter.inc in single-process mode and, in a child
+process with PROMETHEUS_MULTIPROC_DIR set, multiprocess mode; Heartbeat.beat;
+Record read and write; Gauge.set; Histogram.observe. Then `--procs` processes
+increment one counter a million times each and the total is checked exactly.
+
+prometheus_client is not a project dependency: if it is missing, this script
+installs it into the running venv with pip and says so on stderr.
+Targets (issue 4): inc <= 2.5x the bare loop, >= 5x faster than mp.Value+lock,
+>= 3x faster than prometheus_client (both modes), zero lost updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from shm._native import lib  # noqa: E402
+
+from shm import Counter, Gauge, Heartbeat, Histogram, Record, Segment  # noqa: E402
+
+TARGETS = {  # ratio name -> (comparison, bound)
+    "counter_inc_over_bare_loop": ("<=", 2.5),
+    "mp_value_lock_over_counter_inc": (">=", 5.0),
+    "prometheus_single_over_counter_inc": (">=", 3.0),
+    "prometheus_multiprocess_over_counter_inc": (">=", 3.0),
+}
+
+
+def timed(case: Callable[[int], object], n: int, repeat: int) -> list[float]:
+    """ns per iteration of `case(n)`, one figure per repetition."""
+    case(min(n, 10_000))  # warm up caches and lazy imports
+    out = []
+    for _ in range(repeat):
+        gc.disable()
+        try:
+            t0 = time.perf_counter_ns()
+            case(n)
+            out.append((time.perf_counter_ns() - t0) / n)
+        finally:
+            gc.enable()
+    return out
+
+
+def ensure_prometheus_client() -> str:
+    """Import prometheus_client, installing it into this venv first if it is missing."""
+    try:
+        import prometheus_client
+    except ImportError:
+        print(f"bench: prometheus_client is not installed; installing it into {sys.prefix} "
+              "for the comparison (it is not an outpost dependency)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", "prometheus_client"], check=True)
+        importlib.invalidate_caches()
+        import prometheus_client
+    return prometheus_client.__version__ if hasattr(prometheus_client, "__version__") \
+        else _dist_version("prometheus_client")
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+    return version(name)
+
+
+# -- cases ------------------------------------------------------------------------
+
+
+def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
+    c = Counter(seg, "bench:counter")
+    hb = Heartbeat(seg, "bench:heartbeat")
+    g = Gauge(seg, "bench:gauge")
+    h = Histogram(seg, "bench:hist", [0.001, 0.01, 0.1, 1.0, 10.0])
+    rec = Record(seg, "bench:record", 64)
+    rec.write(bytes(range(64)))
+    payload = bytes(64)
+    native_inc, ptr = c.native()
+
+    def bare_loop(n: int) -> None:
+        for _ in range(n):
+            pass
+
+    def counter_inc(n: int, c: Counter = c) -> None:
+        for _ in range(n):
+            c.inc()
+
+    def counter_inc_bound(n: int, inc: Callable[[], None] = c.inc) -> None:
+        for _ in range(n):
+            inc()
+
+    def counter_add(n: int, c: Counter = c) -> None:
+        for _ in range(n):
+            c.add(1)
+
+    def counter_native(n: int, f: Callable = native_inc, p: object = ptr) -> None:
+        for _ in range(n):
+            f(p)  # the bare cffi call: what c.inc() costs without partial and lookup
+
+    def c_loop_floor(n: int) -> None:
+        lib.op_add_i64_repeat(ptr, 1, n)
+
+    def heartbeat_beat(n: int, hb: Heartbeat = hb) -> None:
+        for _ in range(n):
+            hb.beat()
+
+    def record_read(n: int, rec: Record = rec) -> None:
+        for _ in range(n):
+            rec.read()
+
+    def record_write(n: int, rec: Record = rec, data: bytes = payload) -> None:
+        for _ in range(n):
+            rec.write(data)
+
+    def gauge_set(n: int, g: Gauge = g) -> None:
+        for _ in range(n):
+            g.set(1.5)
+
+    def histogram_observe(n: int, h: Histogram = h) -> None:
+        for _ in range(n):
+            h.observe(0.05)
+
+    return {f.__name__: f for f in (
+        bare_loop, counter_inc, counter_inc_bound, counter_add, counter_native, c_loop_floor,
+        heartbeat_beat, record_read, record_write, gauge_set, histogram_observe)}
+
+
+def mp_value_case() -> Callable[[int], object]:
+    v = multiprocessing.Value("q", 0)  # a lock-guarded shared int64
+
+    def mp_value_lock(n: int, v: object = v) -> None:
+        for _ in range(n):
+            with v.get_lock():
+                v.value += 1
+
+    return mp_value_lock
+
+
+def prometheus_case() -> Callable[[int], object]:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import Counter as PromCounter
+
+    pc = PromCounter("bench_total", "bench", registry=CollectorRegistry())
+
+    def prometheus_inc(n: int, pc: object = pc) -> None:
+        for _ in range(n):
+            pc.inc()
+
+    return prometheus_inc
+
+
+def prometheus_multiprocess_child(n: int, repeat: int) -> None:
+    """Runs in a child with PROMETHEUS_MULTIPROC_DIR set (read when the library imports)."""
+    assert os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    from prometheus_client import values
+    samples = timed(prometheus_case(), n, repeat)
+    print(json.dumps({"samples": samples, "value_class": values.ValueClass.__name__}))
+
+
+def prometheus_multiprocess(n: int, repeat: int) -> tuple[list[float], str]:
+    with tempfile.TemporaryDirectory(prefix="prom-mp-") as d:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": d}
+        out = subprocess.run(
+            [sys.executable, __file__, "--child-prometheus-multiprocess", "--n", str(n),
+             "--repeat", str(repeat)], env=env, capture_output=True, text=True, check=True)
+    doc = json.loads(out.stdout)
+    return doc["samples"], doc["value_class"]
+
+
+# -- lost updates across processes --------------------------------------------------
+
+
+def _inc_worker(path: str, n: int, barrier: object) -> None:
+    inc = Counter(Segment.attach(path, writable=True), "bench:shared").inc
+    barrier.wait()
+    for _ in range(n):
+        inc()
+
+
+def lost_updates(seg: Segment, procs: int, n: int) -> dict:
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(procs + 1)
+    shared = Counter(seg, "bench:shared")
+    before = shared.value()
+    workers = [ctx.Process(target=_inc_worker, args=(str(seg.path), n, barrier))
+               for _ in range(procs)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    t0 = time.perf_counter_ns()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter_ns() - t0
+    if any(w.exitcode != 0 for w in workers):
+        raise SystemExit(f"bench: a worker failed: {[w.exitcode for w in workers]}")
+    got = shared.value() - before
+    return {"processes": procs, "increments_per_process": n, "expected_total": procs * n,
+            "counted_total": got, "lost_updates": procs * n - got,
+            "wall_ns_per_increment_all_processes": wall / (procs * n)}
+
+
+# -- report -----------------------------------------------------------------------
+
+
+def machine() -> dict:
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    import cffi
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model,
+            "mem_total_gib": round(mem_kib / 2**20, 1), "python": platform.python_version(),
+            "cffi": cffi.__version__, "kernel": platform.release()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--n", type=int, default=1_000_000, help="iterations per repetition")
+    ap.add_argument("--repeat", type=int, default=7, help="repetitions per case (median)")
+    ap.add_argument("--procs", type=int, default=4, help="processes for the lost-update check")
+    ap.add_argument("--child-prometheus-multiprocess", action="store_true",
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_prometheus_multiprocess:
+        prometheus_multiprocess_child(args.n, args.repeat)
+        return 0
+
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # single-process mode in this process
+    prom_version = ensure_prometheus_client()
+    load_before = os.getloadavg()
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="outpost-bench-", dir=base) as d:
+        seg = Segment.create(Path(d) / "bench.shm", 64)
+        cases = our_cases(seg)
+        cases["mp_value_lock"] = mp_value_case()
+        cases["prometheus_single"] = prometheus_case()
+        samples = {name: timed(case, args.n, args.repeat) for name, case in cases.items()}
+        samples["prometheus_multiprocess"], prom_mp_class = \
+            prometheus_multiprocess(args.n, args.repeat)
+        lost = lost_updates(seg, args.procs, 1_000_000)
+        seg.close()
+    load_after = os.getloadavg()
+
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    ratios = {
+        "counter_inc_over_bare_loop": med["counter_inc"] / med["bare_loop"],
+        "counter_inc_bound_over_bare_loop": med["counter_inc_bound"] / med["bare_loop"],
+        "counter_native_over_bare_loop": med["counter_native"] / med["bare_loop"],
+        "mp_value_lock_over_counter_inc": med["mp_value_lock"] / med["counter_inc"],
+        "prometheus_single_over_counter_inc": med["prometheus_single"] / med["counter_inc"],
+        "prometheus_multiprocess_over_counter_inc":
+            med["prometheus_multiprocess"] / med["counter_inc"],
+    }
+    targets = {}
+    for name, (op, bound) in TARGETS.items():
+        value = ratios[name]
+        targets[name] = {"target": f"{op} {bound}", "value": value,
+                         "met": value <= bound if op == "<=" else value >= bound}
+    targets["lost_updates"] = {"target": "== 0", "value": lost["lost_updates"],
+                               "met": lost["lost_updates"] == 0}
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+        "load_average_1_5_15_after": [round(x, 2) for x in load_after],
+        "iterations_per_repetition": args.n,
+        "repetitions": args.repeat,
+        "prometheus_client_version": prom_version,
+        "prometheus_multiprocess_value_class": prom_mp_class,
+        "median_ns_per_iteration": med,
+        "min_ns_per_iteration": {k: min(v) for k, v in samples.items()},
+        "net_ns_per_op_over_bare_loop": {k: v - med["bare_loop"] for k, v in med.items()
+                                         if k not in ("bare_loop", "c_loop_floor")},
+        "ratios": ratios,
+        "targets": targets,
+        "lost_update_check": lost,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['command']}  ({result['date_utc']}, load {load_before} -> "
+          f"{result['load_average_1_5_15_after']})")
+    print(f"{'case':28} {'median ns/iter':>15} {'min ns/iter':>12}")
+    for name in samples:
+        print(f"{name:28} {med[name]:15.1f} {min(samples[name]):12.1f}")
+    print()
+    for name, value in ratios.items():
+        print(f"{name:44} {value:8.2f}x")
+    print()
+    for name, t in targets.items():
+        print(f"target {name}: {t['target']}, got {t['value']:.2f}: "
+              f"{'met' if t['met'] else 'MISSED'}")
+    print(f"lost updates: {lost['counted_total']} of {lost['expected_total']} counted "
+          f"({lost['processes']} processes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
