@@ -16,6 +16,8 @@ from typing import Any
 
 from runtime import __version__
 from runtime.cli.format import status_table, table
+from runtime.cli.maintain import add_parser as add_maintain_parser
+from runtime.cli.maintain import cmd_maintain
 from runtime.config import ConfigError, load_config
 from runtime.control import ControlClient, NotRunningError, RemoteError
 from runtime.frozen import bind_to_bootloader
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("agent")
     get.add_argument("key", nargs="?")
 
+    add_maintain_parser(sub)
     client("metrics", "shared-memory metrics (Prometheus text; --json for a snapshot)")
     client("info", "version, pid, uptime and paths of the runtime")
     client("stop", "shut the runtime down cleanly and wait until it has exited")
@@ -216,6 +219,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "maintain": cmd_maintain,
     "run": cmd_run,
     "status": cmd_status,
     "state": cmd_state,

@@ -1,5 +1,8 @@
-"""Maintenance that cron runs (`outpost maintain`): checkpoint, prune, compact, verify, backup.
+"""Maintenance that cron runs: checkpoint, prune, compact, archive, verify, backup,
+restore, disk. Inside a live runtime through the control socket (one LMDB writer),
+or offline under the data-dir lock."""
 
-Not built yet: see the maintenance issue. The store already offers the pieces
-(checkpoints with WAL pruning, verified checkpoint loading).
-"""
+from runtime.maintain.report import MaintainError, TaskResult
+from runtime.maintain.tasks import ROUTINE, TASKS, Maintenance, run_task
+
+__all__ = ["ROUTINE", "TASKS", "MaintainError", "Maintenance", "TaskResult", "run_task"]

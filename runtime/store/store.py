@@ -217,6 +217,21 @@ class Store:
         self._writer.before_commit = before
         self._writer.after_commit = after
 
+    def copy_to(self, path: str | os.PathLike[str], compact: bool = True) -> Path:
+        """A consistent copy of the environment as `<path>/data.mdb` (hot: one read txn).
+
+        Writers keep committing meanwhile; the copy is the state as of its start.
+        Synchronous and as long as the data: run it in a thread.
+        """
+        self._check_pid()
+        if self._closed:
+            raise StoreError("the store is closed")
+        target = Path(path)
+        target.mkdir(parents=True, exist_ok=True)
+        with self._gate.reading():  # a map resize must not swap the mapping mid-copy
+            self.env.copy(str(target), compact=compact)
+        return target / "data.mdb"
+
     def reader_check(self) -> int:
         """Clear reader slots of dead processes; returns how many were cleared."""
         self._check_pid()

@@ -1,0 +1,99 @@
+"""`outpost maintain [TASK [ARG]] ...`: what cron runs. Silent on success unless --verbose."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import trio
+
+from runtime.config import load_config
+from runtime.control import RemoteError
+from runtime.maintain.report import MaintainError
+from runtime.maintain.runner import (
+    ALL_TASKS,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    parse_tasks,
+    run_offline,
+    run_online,
+)
+from runtime.store import DataDirLockedError
+
+HELP = f"""tasks: {', '.join(ALL_TASKS)} (backup and restore take a folder).
+With no task: checkpoint prune archive disk.
+Exit codes: 0 ok, 1 a task found or hit a problem, 2 usage/config error,
+75 the data dir is locked by another run (never waits)."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("maintain", help="maintenance for cron: checkpoint, prune, compact, "
+                       "archive, verify, backup, restore, disk", epilog=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("tasks", nargs="*", metavar="TASK", help="tasks to run, in order")
+    p.add_argument("--config", default="outpost.toml", help="config file (TOML)")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.add_argument("--verbose", action="store_true", help="report success too")
+
+
+class _TtyProgress:
+    """A one-line progress display on stderr, only when it is a terminal."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        pct = 100 * done // total if total else 100
+        bar = "#" * (pct // 5)
+        sys.stderr.write(f"\r{label[:30]:<30} [{bar:<20}] {pct:3d}%")
+        sys.stderr.flush()
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    try:
+        tasks = parse_tasks(args.tasks)
+    except MaintainError as exc:
+        print(f"outpost maintain: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = _TtyProgress() if sys.stderr.isatty() and not args.json else None
+    try:
+        results = run_online(config, tasks)
+        where = "runtime"
+        if results is None:
+            where = "offline"
+            results = [r.to_dict() for r in trio.run(run_offline, config, tasks, progress)]
+    except DataDirLockedError as exc:
+        print(f"outpost maintain: {exc}; not waiting (exit 75, try again later)",
+              file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except RemoteError as exc:
+        if exc.code == "busy":
+            print(f"outpost maintain: {exc} (exit 75, try again later)", file=sys.stderr)
+            return EXIT_TEMPFAIL
+        print(f"outpost maintain: {exc.code}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except MaintainError as exc:
+        print(f"outpost maintain: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if progress:
+            progress.end()
+    ok = all(r["ok"] for r in results)
+    if args.json:
+        print(json.dumps({"ok": ok, "where": where, "tasks": results}, indent=2,
+                         sort_keys=True, default=str))
+    for r in results:
+        for problem in r["problems"]:
+            print(f"outpost maintain: {r['task']}: {problem}", file=sys.stderr)
+        if args.verbose and not args.json:
+            print(f"{r['task']}: {r['summary']} ({r['seconds']:.3f}s)")
+    return EXIT_OK if ok else EXIT_FAILED
