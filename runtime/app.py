@@ -22,6 +22,7 @@ from runtime.agents import AgentContext, state_stream
 from runtime.config import AgentSpec, Config
 from runtime.control import ControlServer
 from runtime.events import EventLog
+from runtime.maintain.online import register as register_maintenance
 from runtime.methods import control_methods
 from runtime.store import StateBook, Store, StoreOptions, open_store
 from runtime.supervisor import Supervisor
@@ -54,6 +55,7 @@ class Runtime:
         # Maintenance the `maintain` control method can run inside the runtime, by
         # name (runtime.methods.MaintenanceTask); runtime/maintain registers its tasks.
         self.maintenance_tasks: dict[str, Any] = {}
+        register_maintenance(self)
         self.control: ControlServer | None = None  # set once the socket is served
         self.supervisor = Supervisor(config.agents, self.make_context, self.heartbeat_age,
                                      self.events.emit)

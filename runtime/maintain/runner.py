@@ -68,9 +68,12 @@ def run_online(config: Config, tasks: list[tuple[str, str | None]]) -> list[dict
                 raise MaintainError(f"{name} is offline only and a runtime is running "
                                     f"(pid {client.call('info')['pid']}): stop it first "
                                     "with `outpost stop`")
-        # A relative backup folder means relative to where the command was typed.
-        sent = [[n, str(Path(a).absolute()) if a else None] for n, a in tasks]
-        return client.call("maintain", tasks=sent)["tasks"]
+        results = []
+        for name, arg in tasks:
+            # A relative backup folder means relative to where the command was typed.
+            args = {"arg": str(Path(arg).absolute())} if arg else {}
+            results.append(client.call("maintain", task=name, args=args)["result"])
+        return results
 
 
 async def run_offline(config: Config, tasks: list[tuple[str, str | None]],
