@@ -72,7 +72,8 @@ ffibuilder.set_source(
     # Relative paths: setuptools runs this from the project root.
     sources=["native/outpost_native.c"],
     include_dirs=["native"],
-    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
+    # Slots are reinterpreted (int64 words holding doubles): no aliasing assumptions.
+    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"],
 )
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ class Gauge:
         return bool(lib.op_cas_f64(self._ptr, expected, v))
 
     def value(self) -> float:
+        """The current value (an acquire load)."""
         return lib.op_load_f64(self._ptr)
 
 

@@ -317,6 +317,7 @@ class Segment:
 
     @property
     def closed(self) -> bool:
+        """Has close() been called on this Segment object?"""
         return self._mm is None
 
     def unlink(self) -> None:
