@@ -8,6 +8,7 @@ Error codes: bad_params, not_found, not_available, failed, lagged.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,8 @@ from shm import prometheus_text, snapshot
 
 if TYPE_CHECKING:
     from runtime.app import Runtime
+
+log = logging.getLogger("outpost.control")
 
 MaintenanceTask = Callable[[dict[str, Any]], Awaitable[Any]]
 """A maintenance task run by the `maintain` method: params in, plain data (or an
@@ -245,10 +248,11 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
                               f"(available: {', '.join(sorted(tasks)) or 'none'})")
         try:
             result = _plain(await fn(args))
-        except MethodError:
+        except MethodError:  # e.g. busy: another task runs
             raise
-        except (StoreError, ValueError, OSError) as exc:
-            raise MethodError("failed", f"{task}: {exc}") from None
+        except Exception as exc:  # a task's failure is the answer, not a crash
+            log.error("maintenance task %s failed", task, exc_info=exc)
+            raise MethodError("failed", f"{task}: {type(exc).__name__}: {exc}") from None
         return {"task": task, "result": result}
 
     async def reload(params: dict[str, Any]) -> dict:
@@ -288,12 +292,6 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
                               "connections": rt.control.active,
                               "refused": rt.control.refused}
         return out
-
-    async def checkpoint_task(args: dict[str, Any]) -> dict:
-        """Checkpoint every changed state now (the built-in task)."""
-        return await checkpoint({})
-
-    rt.maintenance_tasks.setdefault("checkpoint", checkpoint_task)
 
     return {
         "status": status,

@@ -30,10 +30,45 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
         for row in cells)
 
 
+def size(n: float | None) -> str:
+    """Bytes the way `ps`/`top` show them: 512B, 12.3K, 48.0M, 1.2G; '-' for None."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(value) < 1024 or unit == "T":
+            return f"{int(value)}B" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}T"  # unreachable; keeps type checkers content
+
+
+def percent(value: float | None) -> str:
+    """12.5%; '-' for None."""
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def rate(value: float | None) -> str:
+    """Per-second rates: 0, 3.5, 120, 45.2k; '-' before there are two frames."""
+    if value is None:
+        return "-"
+    if value >= 10_000:
+        return f"{value / 1000:.1f}k"
+    return f"{value:.0f}" if value >= 100 or value == 0 else f"{value:.1f}"
+
+
+STATUS_HEADERS = ["NAME", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "HEARTBEAT", "CPU",
+                  "MEM"]
+
+
+def status_row(a: dict) -> list[object]:
+    """One agent's cells under STATUS_HEADERS (missing fields show as '-')."""
+    age = a.get("heartbeat_age_s")
+    return [a["name"], a.get("kind", "-"), a.get("state", "-"), a.get("pid"),
+            duration(a.get("uptime_s")), a.get("restarts"),
+            "-" if age is None else duration(age) + " ago",
+            percent(a.get("cpu_percent")), size(a.get("memory_rss_bytes"))]
+
+
 def status_table(agents: list[dict]) -> str:
-    rows = []
-    for a in agents:
-        age = a.get("heartbeat_age_s")
-        rows.append([a["name"], a.get("kind", "-"), a["state"], a.get("pid"), a["restarts"],
-                     duration(a.get("uptime_s")), "-" if age is None else duration(age) + " ago"])
-    return table(["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "HEARTBEAT"], rows)
+    """`outpost status`: one aligned row per agent, like `pm2 ls` / `supervisorctl status`."""
+    return table(STATUS_HEADERS, [status_row(a) for a in agents])

@@ -19,7 +19,7 @@ from runtime.cli.format import status_table, table
 from runtime.cli.maintain import add_parser as add_maintain_parser
 from runtime.cli.maintain import cmd_maintain
 from runtime.config import ConfigError, load_config
-from runtime.control import ControlClient, NotRunningError, RemoteError
+from runtime.control import ControlClient, NotRunningError, ProtocolError, RemoteError
 from runtime.frozen import bind_to_bootloader
 from runtime.store import StoreError
 from shm import Segment, SegmentError, SegmentNotLiveError, prometheus_text, read_slots, snapshot
@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     client("metrics", "shared-memory metrics (Prometheus text; --json for a snapshot)")
     client("info", "version, pid, uptime and paths of the runtime")
     client("stop", "shut the runtime down cleanly and wait until it has exited")
+
+    from runtime.cli.commands import add_parsers  # it imports this module's helpers
+
+    add_parsers(sub, client, state_sub)
     return p
 
 
@@ -229,21 +233,41 @@ COMMANDS = {
 }
 
 
+# Remote error codes that mean the command line (or config) was wrong: exit 2, not 1.
+_USAGE_CODES = {"bad_params", "bad_config", "unknown_method"}
+
+
+def _fail(args: argparse.Namespace, code: int, message: str, error: str) -> int:
+    """Report a failure on stderr, and (with --json) as {"error": ...} on stdout."""
+    print(message, file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": {"code": error, "message": message}, "exit": code}))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `outpost` console script and of the binary."""
     bind_to_bootloader()
     args = _parser().parse_args(argv)
+    command = getattr(args, "func", None) or COMMANDS[args.command]
     try:
-        return COMMANDS[args.command](args)
+        return command(args)
     except ConfigError as exc:
-        print(f"outpost: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, f"outpost: {exc}", "config")
     except CliError as exc:
-        print(exc, file=sys.stderr)
-        return exc.code
+        name = {EXIT_USAGE: "usage", EXIT_NOT_RUNNING: "not_running"}.get(exc.code, "failed")
+        return _fail(args, exc.code, str(exc), name)
     except RemoteError as exc:
-        print(f"outpost: {exc.code}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(args, EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED,
+                     f"outpost: {exc.code}: {exc}", exc.code)
+    except NotRunningError as exc:  # the runtime went away in the middle of a call
+        return _fail(args, EXIT_NOT_RUNNING, f"outpost: {exc}", "not_running")
+    except ProtocolError as exc:
+        return _fail(args, EXIT_FAILED, f"outpost: protocol error: {exc} (is this outpost "
+                     "the same version as the runtime?)", exc.code)
+    except TimeoutError:
+        return _fail(args, EXIT_FAILED, "outpost: the runtime did not answer in time",
+                     "timeout")
     except KeyboardInterrupt:
         return 130
 
