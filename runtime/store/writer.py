@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import queue
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -157,6 +159,7 @@ class GroupCommitWriter:
                  fsync_interval: float, batch_window: float, max_batch: int,
                  map_size_max: int, gate: ResizeGate | None = None) -> None:
         self._env = env
+        self._path = env.path()
         self._seqs = dict(seqs)  # working counters, rolled back with failed batches
         self.committed = dict(seqs)  # newest committed seq per stream; read by any thread
         self._sync = sync
@@ -303,7 +306,7 @@ class GroupCommitWriter:
                 continue
             except lmdb.Error as exc:
                 _abort(txn, tx)
-                _fail(live, _lmdb_error(exc))
+                _fail(live, _lmdb_error(exc, self._path))
                 return False
             except StoreError as exc:  # an op refused its input: it alone fails
                 _abort(txn, tx)
@@ -366,20 +369,52 @@ def _abort(txn: lmdb.Transaction, tx: Txn) -> None:
         txn.abort()
 
 
-def _lmdb_error(exc: lmdb.Error) -> StoreError:
-    """A clear error for a failed batch; `code` is the errno for OS-level failures."""
+def _lmdb_error(exc: lmdb.Error, path: str) -> StoreError:
+    """A clear error for a failed batch; `code` is the errno for OS-level failures.
+
+    LMDB reports a short write as EIO (a full disk often fails that way: the
+    first pages fit, the rest do not), so an EIO is diagnosed by looking at the
+    free space and the file size limit.
+    """
     code = getattr(exc, "code", 0)
     text = str(exc)
-    if code == errno.ENOSPC or "No space" in text:
-        return DiskError(f"disk full: nothing in this batch was stored ({text}); free space "
-                         "on the data_dir filesystem and writes resume")
-    if code == errno.EFBIG or "File too large" in text:
+    free = _free_bytes(path)
+    where = f"{free} bytes free on the data_dir filesystem" if free is not None else ""
+    if code == errno.ENOSPC or "No space" in text or \
+            (code == errno.EIO and free is not None and free < _NEARLY_FULL):
+        return DiskError(f"disk full: nothing in this batch was stored ({text}; {where}); "
+                         "free space on the data_dir filesystem and writes resume")
+    if code == errno.EFBIG or "File too large" in text or \
+            (code == errno.EIO and _near_fsize_limit(path)):
         return DiskError(f"file size limit reached: nothing in this batch was stored ({text}); "
                          "raise the limit (ulimit -f / RLIMIT_FSIZE) and writes resume")
     if isinstance(exc, lmdb.PanicError):
         return DiskError(f"LMDB reported a fatal error ({text}); nothing in this batch was "
                          "stored and the environment must be reopened: restart the runtime")
-    return DiskError(f"the store could not write: nothing in this batch was stored ({text})")
+    return DiskError(f"the store could not write: nothing in this batch was stored ({text}"
+                     f"{'; ' + where if where else ''}); check the disk and the kernel log")
+
+
+_NEARLY_FULL = 8 << 20
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _near_fsize_limit(path: str) -> bool:
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY:
+        return False
+    try:
+        size = os.stat(os.path.join(path, "data.mdb")).st_size
+    except OSError:
+        return False
+    return size + _NEARLY_FULL >= soft
 
 
 def _fail(ops: list[WriteOp], error: StoreError) -> None:

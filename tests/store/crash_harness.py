@@ -1,4 +1,4 @@
-"""Crash harness for the store, shared by tests/store/test_crash.py and scripts/chaos/store_crash.py.
+"""Store crash harness, shared by tests/store/test_crash.py and scripts/chaos/store_crash.py.
 
 Child (`python -m tests.store.crash_harness child DIR GENERATION WRITERS`): opens the
 store and appends from many concurrent trio writers (single appends and small

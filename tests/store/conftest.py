@@ -1,0 +1,73 @@
+"""Fixtures for the store tests: real LMDB files, real filesystems, real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs (we run as root in CI); skipped where mounting is not allowed."""
+    mnt = tmp_path / "small-fs"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'not root'}); "
+                    "test_file_size_limit_in_child covers a real failing write instead")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def until(condition: Callable[[], object], timeout: float = 10.0,
+                what: str = "condition") -> object:
+    """Poll `condition()` (yielding to trio between polls) until truthy or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await trio.sleep(0.002)
+
+
+async def gather(*fns: Callable[[], Awaitable[object]]) -> list[object]:
+    """Run coroutines concurrently and return their results (or exceptions) in order."""
+    results: list[object] = [None] * len(fns)
+
+    async def one(i: int, fn: Callable[[], Awaitable[object]]) -> None:
+        try:
+            results[i] = await fn()
+        except Exception as exc:
+            results[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        for i, fn in enumerate(fns):
+            nursery.start_soon(one, i, fn)
+    return results
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests (long chaos runs) run only when asked: `-m soak` or OUTPOST_SOAK=1."""
+    if "soak" in (config.getoption("markexpr") or "") or os.environ.get("OUTPOST_SOAK"):
+        return
+    here = Path(__file__).parent
+    skip = pytest.mark.skip(reason="soak test: run with -m soak or OUTPOST_SOAK=1")
+    for item in items:
+        if item.get_closest_marker("soak") and here in Path(str(item.fspath)).parents:
+            item.add_marker(skip)
