@@ -34,7 +34,7 @@ from shm.segment import (
     _pid_alive,
 )
 
-HIST_MAX_BOUNDS = lib.OP_HIST_MAX_BOUNDS  # bounds + buckets (+Inf) + count word + sum
+HIST_MAX_BOUNDS = lib.OP_HIST_MAX_BOUNDS  # [n, bounds (n), buckets (n + 1), sum] fit a slot
 RECORD_HEADER_WORDS = lib.OP_SEQ_HEADER_WORDS
 RECORD_MAX_BYTES = (SLOT_WORDS - RECORD_HEADER_WORDS) * 8
 # Spins per native seqlock call before Python looks at the writer's pid (and
