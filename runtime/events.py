@@ -41,9 +41,25 @@ class EventLog:
         self._wakeup = trio.Event()
         self._followers: set[trio.MemorySendChannel] = set()
         self.dropped = 0  # events lost because the queue overflowed (disk stuck)
+        self.suspended: str | None = None  # why events are refused (disk critical)
+        self.refused = 0  # events refused while suspended
+
+    def suspend(self, reason: str) -> None:
+        """Refuse new events (they are non-essential writes) until `resume()`."""
+        if self.suspended is None:
+            log.error("event log suspended: %s", reason)
+        self.suspended = reason
+
+    def resume(self) -> None:
+        if self.suspended is not None:
+            log.warning("event log resumed (%d event(s) were refused meanwhile)", self.refused)
+        self.suspended = None
 
     def emit(self, type: str, agent: str | None = None, **fields: Any) -> None:
         """Record an event (queued; durable shortly after). Never blocks, never raises."""
+        if self.suspended is not None:
+            self.refused += 1
+            return
         if len(self._pending) >= _QUEUE_MAX:
             self.dropped += 1
             return

@@ -10,9 +10,19 @@ being written.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from runtime.config import Config
+    from runtime.events import EventLog
+
+log = logging.getLogger("outpost.disk")
 
 OK, OVER, CRITICAL = "ok", "over", "critical"
 _FS_CRITICAL_FREE = 0.02  # below 2% free on the filesystem, stop non-essential writes
@@ -75,3 +85,49 @@ def measure(data_dir: Path, archive_dir: Path, logs_dir: Path, budget: int,
             data -= tree_bytes(inner)
     return DiskUsage(data, tree_bytes(archive_dir), tree_bytes(logs_dir), budget,
                      int(budget * critical_factor), free)
+
+
+class DiskGuard:
+    """Watches the budget inside a live runtime and gates non-essential writes.
+
+    At `critical` the event log refuses new events (after recording one that
+    says why); agent state, mailboxes and checkpoints keep being written.
+    """
+
+    def __init__(self, config: Config, events: EventLog, interval_s: float = 30.0) -> None:
+        self.config = config
+        self.events = events
+        self.interval_s = interval_s
+        self.level = OK
+        self.usage: DiskUsage | None = None
+
+    def check(self) -> DiskUsage:
+        """Measure now and apply the gate; returns the usage."""
+        m = self.config.maintain
+        usage = measure(self.config.data_dir, Path(m["archive_dir"]), Path(m["logs_dir"]),
+                        m["disk_budget"], m["disk_critical_factor"])
+        level, was = usage.level, self.level
+        self.usage, self.level = usage, level
+        if level == CRITICAL and was != CRITICAL:
+            self.events.emit("disk-critical", None, **usage.to_dict())
+            self.events.suspend(
+                f"disk use {usage.total} bytes is past the critical mark {usage.critical_at} "
+                f"(budget {usage.budget}) or the filesystem is nearly full: event log writes "
+                "are refused until `outpost maintain disk` or an operator frees space")
+        elif level != CRITICAL and was == CRITICAL:
+            self.events.resume()
+            self.events.emit("disk-ok", None, **usage.to_dict())
+        if level == OVER and was == OK:
+            log.warning("disk use %d bytes is over the budget of %d: run `outpost maintain "
+                        "disk` (cron does) to archive and prune early", usage.total, usage.budget)
+        return usage
+
+    def allows_nonessential(self) -> bool:
+        """False at `critical`: log files and other non-essential writers should skip."""
+        return self.level != CRITICAL
+
+    async def run(self) -> None:
+        """Check every `interval_s` until cancelled (the tree walk runs in a thread)."""
+        while True:
+            await trio.to_thread.run_sync(self.check)
+            await trio.sleep(self.interval_s)

@@ -23,7 +23,8 @@ def register(rt: Runtime) -> None:
     """Fill `rt.maintenance_tasks` with every task that can run online."""
     running = trio.Lock()
     maintenance = Maintenance(rt.config, rt.store, rt.book, rt.events, online=True,
-                              compact=getattr(rt.store, "compact_online", None))
+                              compact=getattr(rt.store, "compact_online", None),
+                              guard=rt.disk_guard)
 
     def bind(name: str) -> Any:
         async def task(args: dict[str, Any]) -> TaskResult:

@@ -35,6 +35,7 @@ class Maintenance:
     online: bool
     progress: Progress | None = None
     compact: Callable[[], Awaitable[dict]] | None = None
+    guard: disk.DiskGuard | None = None  # online: re-checked after disk maintenance
 
     def setting(self, key: str) -> Any:
         """A [maintain] setting (the loader fills every key, paths made absolute)."""
@@ -111,7 +112,7 @@ def _usage(m: Maintenance) -> disk.DiskUsage:
 async def task_disk(m: Maintenance, arg: str | None = None) -> TaskResult:
     """Measure against the byte budget; over it, archive and prune early."""
     result = TaskResult("disk")
-    before = _usage(m)
+    before = await trio.to_thread.run_sync(_usage, m)
     actions = []
     if before.level != disk.OK:
         m.events.emit("disk-over-budget", None, **before.to_dict())
@@ -120,7 +121,8 @@ async def task_disk(m: Maintenance, arg: str | None = None) -> TaskResult:
         actions.append((await task_prune(m)).summary)
         if m.compact is not None:
             actions.append((await task_compact(m)).summary)
-    after = _usage(m)
+    after = await trio.to_thread.run_sync(m.guard.check if m.guard is not None
+                                          else lambda: _usage(m))
     result.details = {"before": before.to_dict(), "after": after.to_dict(), "actions": actions}
     result.summary = (f"disk {after.total} of {after.budget} budget bytes ({after.level})"
                       + (f"; was {before.total} ({before.level}); " + "; ".join(actions)
