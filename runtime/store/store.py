@@ -28,6 +28,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -39,9 +40,16 @@ import lmdb
 import trio
 
 from runtime.store import codec
-from runtime.store.errors import CorruptCheckpointError, StoreError
+from runtime.store.errors import CorruptCheckpointError, DiskError, StoreError
 from runtime.store.lock import DataDirLock
-from runtime.store.writer import CommitHook, GroupCommitWriter, ResizeGate, Txn, WriteOp
+from runtime.store.writer import (
+    CommitHook,
+    ExclusiveOp,
+    GroupCommitWriter,
+    ResizeGate,
+    Txn,
+    WriteOp,
+)
 
 log = logging.getLogger("outpost.store")
 
@@ -128,11 +136,7 @@ class Store:
         self._lock = DataDirLock(path)
         self._lock.acquire()
         try:
-            self.env = lmdb.open(
-                str(path), map_size=options.map_size, max_dbs=8, subdir=True,
-                sync=options.durability == "sync", metasync=True, writemap=False,
-                max_spare_txns=0,  # nothing cached that could cross a fork
-            )
+            self._open_env(options.map_size)
         except lmdb.Error as exc:
             self._lock.release()
             raise StoreError(f"cannot open store in {path}: {exc}") from None
@@ -143,10 +147,6 @@ class Store:
             if self.stale_readers_cleared:
                 log.warning("cleared %d stale LMDB reader slot(s) left by dead processes",
                             self.stale_readers_cleared)
-            self._wal = self.env.open_db(b"wal")
-            self._ckpt = self.env.open_db(b"checkpoints")
-            self._quarantine = self.env.open_db(b"quarantine")
-            self._quarantine_why = self.env.open_db(b"quarantine_why")
             self._gate = ResizeGate()
             seqs = self._load_last_seqs()
         except BaseException:
@@ -159,6 +159,22 @@ class Store:
             batch_window=options.batch_window_ms / 1000, max_batch=options.max_batch,
             map_size_max=options.map_size_max, gate=self._gate)
         self._closed = False
+
+    def _open_env(self, map_size: int) -> None:
+        """Open the environment and its named databases (at start, and after a swap)."""
+        self.env = lmdb.open(
+            str(self.path), map_size=map_size, max_dbs=8, subdir=True,
+            sync=self.options.durability == "sync", metasync=True, writemap=False,
+            max_spare_txns=0,  # nothing cached that could cross a fork
+        )
+        try:
+            self._wal = self.env.open_db(b"wal")
+            self._ckpt = self.env.open_db(b"checkpoints")
+            self._quarantine = self.env.open_db(b"quarantine")
+            self._quarantine_why = self.env.open_db(b"quarantine_why")
+        except BaseException:
+            self.env.close()
+            raise
 
     def _load_last_seqs(self) -> dict[bytes, int]:
         """Newest seq of every stream, found by jumping between prefixes (not a full scan)."""
@@ -185,11 +201,13 @@ class Store:
                              "used across fork; open the store in the child instead")
 
     @contextlib.contextmanager
-    def _reading(self, db: Any) -> Any:
+    def _reading(self, db_name: str) -> Any:
+        """A read txn on the named db. The handle is looked up inside the gate, so an
+        online compaction that reopens the environment cannot hand us a stale one."""
         self._check_pid()
         if self._closed:
             raise StoreError("the store is closed")
-        with self._gate.reading(), self.env.begin(db=db) as txn:
+        with self._gate.reading(), self.env.begin(db=getattr(self, "_" + db_name)) as txn:
             yield txn
 
     # -- diagnostics ---------------------------------------------------------------
@@ -232,6 +250,56 @@ class Store:
             self.env.copy(str(target), compact=compact)
         return target / "data.mdb"
 
+    async def compact_online(self) -> dict[str, Any]:
+        """Compact the live environment: a compacting copy, then an atomic swap.
+
+        Runs in the writer thread with no transaction open, so writes are paused
+        (they queue and commit right after, none lost or acknowledged early) for
+        the length of the copy; reads continue until the short swap itself.
+        Returns sizes and the pause. On any failure the old file stays in use.
+        """
+        self._check_pid()
+        op = ExclusiveOp(self._compact_in_writer)
+        op.task = trio.lowlevel.current_task()
+        self._writer.submit(op)
+        return await trio.lowlevel.wait_task_rescheduled(_no_abort)
+
+    def _compact_in_writer(self, writer: GroupCommitWriter) -> dict[str, Any]:
+        started = time.monotonic()
+        current = self.path / "data.mdb"
+        before = current.stat().st_size
+        staging = self.path / ".compact"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            self.env.copy(str(staging), compact=True)
+            fd = os.open(staging / "data.mdb", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            map_size = self.env.info()["map_size"]
+            with self._gate.resizing():  # no read txn may be open across the swap
+                self.env.close()
+                try:
+                    os.replace(staging / "data.mdb", current)
+                    dfd = os.open(self.path, os.O_RDONLY)
+                    try:
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+                finally:
+                    # Reopen whatever file is in place: the new one, or the old one if
+                    # the rename failed.
+                    self._open_env(map_size)
+                    writer.rebind(self.env)
+        except (OSError, lmdb.Error) as exc:
+            raise _lmdb_or_os_error(exc, "online compaction") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return {"bytes_before": before, "bytes_after": current.stat().st_size,
+                "paused_s": time.monotonic() - started, "online": True}
+
     def reader_check(self) -> int:
         """Clear reader slots of dead processes; returns how many were cleared."""
         self._check_pid()
@@ -259,14 +327,13 @@ class Store:
         """
         prefix = _stream_key(stream)
         data = codec.pack(record, self.options.max_record_bytes)
-        wal = self._wal
 
         def apply(tx: Txn) -> int:
             seq = tx.next_seq(prefix)
             # Not append=True: MDB_APPEND compares with the last key of the whole
             # database (another stream's), and py-lmdb then returns False instead
             # of raising, which would silently drop the record.
-            if not tx.txn.put(prefix + _SEQ.pack(seq), data, db=wal, overwrite=False):
+            if not tx.txn.put(prefix + _SEQ.pack(seq), data, db=self._wal, overwrite=False):
                 raise _seq_taken(stream, seq)
             return seq
 
@@ -281,14 +348,13 @@ class Store:
         datas = [codec.pack(r, limit) for r in records]
         if not datas:
             return []
-        wal = self._wal
         pack_seq = _SEQ.pack
 
         def apply(tx: Txn) -> list[int]:
             first = tx.take_seqs(prefix, len(datas))
             seqs = range(first, first + len(datas))
             items = [(prefix + pack_seq(s), d) for s, d in zip(seqs, datas, strict=True)]
-            cursor = tx.txn.cursor(db=wal)
+            cursor = tx.txn.cursor(db=self._wal)
             # MDB_APPEND (the bulk fast path) is only valid when these keys sort after
             # every key in the database, i.e. this stream holds the last key.
             at_end = not cursor.last() or cursor.key() < items[0][0]
@@ -422,7 +488,7 @@ class Store:
         unpack = codec.unpack
         expect = from_seq = max(1, from_seq)
         count = 0
-        with self._reading(self._wal) as txn:
+        with self._reading("wal") as txn:
             cursor = txn.cursor()
             if cursor.set_range(prefix + _SEQ.pack(from_seq)):
                 for key, value in cursor.iternext():
@@ -444,7 +510,7 @@ class Store:
     def first_seq(self, stream: str) -> int:
         """The oldest seq still in the WAL of `stream` (0 if it has none)."""
         prefix = _stream_key(stream)
-        with self._reading(self._wal) as txn:
+        with self._reading("wal") as txn:
             cursor = txn.cursor()
             if cursor.set_range(prefix):
                 key = cursor.key()
@@ -463,12 +529,12 @@ class Store:
     def checkpoints(self, stream: str) -> list[tuple[int, bytes]]:
         """(covered seq, blob) of every stored checkpoint of `stream`, oldest first."""
         prefix = _stream_key(stream)
-        with self._reading(self._ckpt) as txn:
+        with self._reading("ckpt") as txn:
             return [(seq, bytes(txn.get(prefix + _SEQ.pack(seq))))
                     for seq in self._seqs_of(txn, self._ckpt, prefix)]
 
     def _checkpoint_blob(self, prefix: bytes, seq: int) -> bytes | None:
-        with self._reading(self._ckpt) as txn:
+        with self._reading("ckpt") as txn:
             blob = txn.get(prefix + _SEQ.pack(seq))
             return None if blob is None else bytes(blob)
 
@@ -480,7 +546,7 @@ class Store:
         older one is tried. Unverified bytes are never returned.
         """
         prefix = _stream_key(stream)
-        with self._reading(self._ckpt) as txn:
+        with self._reading("ckpt") as txn:
             seqs = self._seqs_of(txn, self._ckpt, prefix)
         for seq in reversed(seqs):
             blob = self._checkpoint_blob(prefix, seq)
@@ -515,14 +581,14 @@ class Store:
 
     def quarantined(self) -> list[tuple[str, int]]:
         """(stream, seq) of every quarantined checkpoint."""
-        with self._reading(self._quarantine) as txn:
+        with self._reading("quarantine") as txn:
             return [(k[:-9].decode("utf-8", "replace"), _SEQ.unpack(k[-8:])[0])
                     for k in txn.cursor().iternext(values=False)]
 
     def quarantined_checkpoint(self, stream: str, seq: int) -> tuple[bytes, str] | None:
         """The bytes of a quarantined checkpoint, exactly as found, and why it was moved."""
         key = _stream_key(stream) + _SEQ.pack(seq)
-        with self._reading(self._quarantine) as txn:
+        with self._reading("quarantine") as txn:
             blob = txn.get(key)
             why = txn.get(key, db=self._quarantine_why)
         if blob is None:
@@ -546,6 +612,10 @@ class Store:
         with self._gate.resizing():  # no read may be inside the env as it closes
             self.env.close()
         self._lock.release()
+
+
+def _lmdb_or_os_error(exc: BaseException, what: str) -> StoreError:
+    return DiskError(f"{what} failed: {exc}; the store keeps using the file in place")
 
 
 @contextlib.asynccontextmanager

@@ -64,6 +64,14 @@ class WriteOp:
         self.batch = 0
 
 
+class ExclusiveOp(WriteOp):
+    """Work that needs the environment to itself: `apply(writer)` runs in the writer
+    thread, alone, with no transaction open. Ops submitted after it wait (queued,
+    not lost) until it is done. Used for online compaction."""
+
+    __slots__ = ()
+
+
 class Txn:
     """What an op sees inside the batch: the LMDB txn and per-stream sequence counters.
 
@@ -175,6 +183,7 @@ class GroupCommitWriter:
         self._closed = False
         self._dead: StoreError | None = None
         self._inflight: list[WriteOp] | None = None
+        self._carry: WriteOp | None = None  # an exclusive op met while filling a batch
         self.commits = 0  # write transactions committed; read by tests and benchmarks
         self.fsyncs = 0  # explicit fsyncs in interval mode
         self.before_commit: CommitHook | None = None
@@ -233,13 +242,21 @@ class GroupCommitWriter:
             timeout = None
             if dirty:
                 timeout = max(0.0, self._fsync_interval - (time.monotonic() - last_sync))
-            try:
-                first = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                last_sync, dirty = self._fsync(), False
-                continue
+            if self._carry is not None:
+                first, self._carry = self._carry, None
+            else:
+                try:
+                    first = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    last_sync, dirty = self._fsync(), False
+                    continue
             if first is _STOP:
                 break
+            if isinstance(first, ExclusiveOp):
+                if dirty:
+                    last_sync, dirty = self._fsync(), False
+                self._run_exclusive(first)
+                continue
             batch = self._inflight = [first]
             stopping = self._fill(batch)
             if self._commit(batch) and not self._sync:
@@ -268,8 +285,28 @@ class GroupCommitWriter:
                 return False
             if op is _STOP:
                 return True
+            if isinstance(op, ExclusiveOp):  # it runs alone, after this batch
+                self._carry = op
+                return False
             batch.append(op)
         return False
+
+    def _run_exclusive(self, op: ExclusiveOp) -> None:
+        self._inflight = [op]
+        try:
+            op.result = op.apply(self)
+        except StoreError as exc:
+            op.error = exc
+        except Exception as exc:
+            log.exception("exclusive store operation failed")
+            op.error = StoreError(f"store operation failed: {exc!r}")
+        self._inflight = None
+        op.batch = -1  # done (not a commit; nothing of it can look unacknowledged)
+        self._token.run_sync_soon(_complete, [op])
+
+    def rebind(self, env: lmdb.Environment) -> None:
+        """Use a reopened environment (an exclusive op swapped the file)."""
+        self._env = env
 
     def _fsync(self) -> float:
         try:
