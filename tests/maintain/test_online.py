@@ -23,13 +23,14 @@ def test_tasks_run_inside_the_runtime_while_agents_keep_writing(tmp_path: Path,
     rt.wait_running("counter")
     wait_for(lambda: count(rt) >= 3, what="count >= 3")
 
-    result = maintain(config, "checkpoint", "prune", "archive", "verify", "disk",
+    result = maintain(config, "checkpoint", "prune", "archive", "compact", "verify", "disk",
                       "backup", str(tmp_path / "backups"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["where"] == "runtime" and report["ok"]
     tasks = {t["task"]: t for t in report["tasks"]}
     assert tasks["checkpoint"]["details"]["checkpointed"] >= 1
+    assert tasks["compact"]["details"]["online"] is True
     assert "agent/counter/state" in tasks["verify"]["details"]["streams"]
     backup = Path(tasks["backup"]["details"]["path"])
     assert (backup / "manifest.json").is_file()
