@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import lmdb
+import pytest
 import trio
 
 from runtime.config import load_config
@@ -174,3 +178,31 @@ def test_unknown_task_is_a_usage_error(populated: Path) -> None:
     result = maintain(populated, "defrag")
     assert result.returncode == 2
     assert "unknown maintenance task 'defrag'" in result.stderr
+
+
+def test_two_real_runs_at_once_one_exits_75(populated: Path) -> None:
+    """A real first run is frozen (SIGSTOP) while it holds the lock; the second run must
+    give up at once with 75, and the first completes normally once resumed."""
+    lock_file = load_config(populated).data_dir / "outpost.lock"
+    for _attempt in range(10):
+        first = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "maintain", "verify", "checkpoint", "verify",
+             "--config", str(populated)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        caught = False
+        while first.poll() is None:
+            if lock_file.read_text().strip() == str(first.pid):
+                first.send_signal(signal.SIGSTOP)
+                caught = True
+                break
+        if caught:
+            break
+        first.wait()
+    else:
+        pytest.fail("never caught the first run holding the lock")
+    try:
+        second = maintain(populated, "verify")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 75
+    assert f"pid {first.pid}" in second.stderr
+    assert first.wait(timeout=120) == 0
