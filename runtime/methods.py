@@ -290,7 +290,8 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
         if rt.control is not None:
             out["control"] = {"socket": str(rt.control.path),
                               "connections": rt.control.active,
-                              "refused": rt.control.refused}
+                              "refused": rt.control.refused,
+                              "requests": rt.control.requests}
         return out
 
     return {

@@ -45,6 +45,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 _PEERCRED = struct.Struct("3i")
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _READ = 65536
+_DRAIN_S = 1.0  # how long a refused peer gets to take our error and hang up
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -131,6 +132,7 @@ class ControlServer:
         self.set_allowed(allowed_uids, allowed_gids)
         self.active = 0  # connections being served now
         self.refused = 0  # connections refused (credentials or capacity)
+        self.requests = 0  # requests dispatched, ever (lets tests see who calls how often)
 
     def set_allowed(self, uids: tuple[int, ...], gids: tuple[int, ...]) -> None:
         """Replace the configured allowed uids/gids (a reload applies [control] this way)."""
@@ -229,8 +231,23 @@ class ControlServer:
 
     async def _refuse(self, stream: trio.SocketStream, conn: Connection, code: str,
                       message: str) -> None:
+        """Send an id-less error, then close so that the peer can read it.
+
+        Closing with the peer's bytes still unread makes the kernel reset the
+        connection, and the peer may see ECONNRESET instead of our error: so
+        we shut our side, then read and drop what the peer sent (bounded in
+        bytes and time) until it closes too.
+        """
         with trio.move_on_after(self.limits.send_timeout_s), contextlib.suppress(*_BROKEN):
             await stream.send_all(conn.send(ErrorResponse(None, code, message)))
+            await stream.send_eof()
+        with trio.move_on_after(_DRAIN_S), contextlib.suppress(*_BROKEN):
+            dropped = 0
+            while dropped < 2 * self.limits.max_frame:
+                data = await stream.receive_some(_READ)
+                if not data:
+                    break
+                dropped += len(data)
 
     async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
         with trio.fail_after(self.limits.send_timeout_s):
@@ -332,6 +349,7 @@ class ControlServer:
             raise trio.ClosedResourceError  # the connection is over; let _handle close it
 
     async def _dispatch(self, request: Request) -> Response | ErrorResponse | Stream:
+        self.requests += 1
         handler = self.handlers.get(request.method)
         if handler is None:
             return ErrorResponse(request.id, "unknown_method",

@@ -253,6 +253,7 @@ async def test_connection_cap_answers_busy(tmp_path: Path, nursery: trio.Nursery
         said = _decode_frames(await _is_closed_by_server(extra))
     assert said[0]["error"]["code"] == "busy"
     assert server.refused == 1
+    extra.close()
     held[0].close()
     with trio.fail_after(5):
         while server.active > 2:
