@@ -46,7 +46,12 @@ class _TtyProgress:
         self.shown = False
 
     def __call__(self, done: int, total: int, label: str) -> None:
-        pct = 100 * done // total if total else 100
+        if total == 0:  # no measure of progress: show that time passes
+            sys.stderr.write(f"\r{label[:30]:<30} {'.' * (done % 20 + 1):<20} {done:4d}s")
+            sys.stderr.flush()
+            self.shown = True
+            return
+        pct = 100 * done // total
         bar = "#" * (pct // 5)
         sys.stderr.write(f"\r{label[:30]:<30} [{bar:<20}] {pct:3d}%")
         sys.stderr.flush()
@@ -66,7 +71,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = _TtyProgress() if sys.stderr.isatty() and not args.json else None
     try:
-        results = run_online(config, tasks)
+        results = run_online(config, tasks, progress)
         where = "runtime"
         if results is None:
             where = "offline"

@@ -8,6 +8,10 @@ cannot stack up.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +60,13 @@ def parse_tasks(words: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def run_online(config: Config, tasks: list[tuple[str, str | None]]) -> list[dict] | None:
-    """Ask the running runtime to do the tasks; None if no runtime answers."""
+def run_online(config: Config, tasks: list[tuple[str, str | None]],
+               progress: Progress | None = None) -> list[dict] | None:
+    """Ask the running runtime to do the tasks; None if no runtime answers.
+
+    The runtime reports no progress while it works, so `progress` gets the elapsed
+    time (done = seconds, total = 0) to show the task is alive.
+    """
     try:
         client = ControlClient(config.socket_path, timeout=3600)
     except NotRunningError:
@@ -72,7 +81,8 @@ def run_online(config: Config, tasks: list[tuple[str, str | None]]) -> list[dict
         for name, arg in tasks:
             # A relative backup folder means relative to where the command was typed.
             args = {"arg": str(Path(arg).absolute())} if arg else {}
-            results.append(client.call("maintain", task=name, args=args)["result"])
+            with _ticking(progress, f"{name} (in the runtime)"):
+                results.append(client.call("maintain", task=name, args=args)["result"])
         return results
 
 
@@ -106,6 +116,27 @@ async def run_offline(config: Config, tasks: list[tuple[str, str | None]],
                     result.details["actions"].append(compacted.summary)
             results.append(result)
     return results
+
+
+@contextlib.contextmanager
+def _ticking(progress: Progress | None, label: str) -> Iterator[None]:
+    if progress is None:
+        yield
+        return
+    done = threading.Event()
+    started = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(0.25):
+            progress(int(time.monotonic() - started), 0, label)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 async def _timed(name: str, work: Any) -> TaskResult:
