@@ -19,13 +19,15 @@ import trio
 
 from runtime import __version__
 from runtime.agents import AgentContext, state_stream
+from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec, Config
 from runtime.control import ControlServer
 from runtime.events import EventLog
 from runtime.maintain.online import register as register_maintenance
 from runtime.methods import control_methods
 from runtime.store import StateBook, Store, StoreOptions, open_store
-from runtime.supervisor import Supervisor
+from runtime.supervisor import RootGaveUp, Supervisor
+from runtime.supervisor.template import Template, TemplateClient
 from shm import Segment
 from shm.metrics import heartbeat_age
 
@@ -44,7 +46,8 @@ def store_options(config: Config) -> StoreOptions:
 class Runtime:
     """The live parts of one runtime, as the control methods see them."""
 
-    def __init__(self, config: Config, store: Store, segment: Segment, book: StateBook) -> None:
+    def __init__(self, config: Config, store: Store, segment: Segment, book: StateBook,
+                 template: Template | None = None) -> None:
         self.config = config
         self.store = store
         self.segment = segment
@@ -57,12 +60,30 @@ class Runtime:
         self.maintenance_tasks: dict[str, Any] = {}
         register_maintenance(self)
         self.control: ControlServer | None = None  # set once the socket is served
-        self.supervisor = Supervisor(config.agents, self.make_context, self.heartbeat_age,
-                                     self.events.emit)
+        # Supervision: process/exec agents are forked by the template (started before trio).
+        self.template = None if template is None else TemplateClient(template)
+        self.gave_up: str | None = None
+        self.mailboxes = Mailboxes(store, book, known=lambda name: self.supervisor.find(name)
+                                   is not None, on_send=self._count_send)
+        self.supervisor = Supervisor(
+            config.agents, self.make_context, self.heartbeat_age, self.events.emit,
+            groups=config.groups, root=config.supervisor, template=self.template,
+            segment=segment, book=book, mailboxes=self.mailboxes,
+            log_dir=config.maintain.get("logs_dir") or config.data_dir.parent / "log",
+            data_dir=config.data_dir, log_level=config.log_level,
+            on_root_give_up=self._root_gave_up)
+
+    def _root_gave_up(self, reason: str) -> None:
+        self.gave_up = reason
+        self.shutdown_requested.set()
+
+    def _count_send(self, sender: str | None, to: str) -> None:
+        if sender is not None and self.supervisor.find(sender) is not None:
+            self.supervisor._counter(f"{sender}:messages_out").inc()
 
     async def make_context(self, spec: AgentSpec) -> AgentContext:
         state = await self.book.open(state_stream(spec.name))
-        return AgentContext(spec.name, state, self.segment)
+        return AgentContext(spec.name, state, self.segment, self.mailboxes)
 
     def heartbeat_age(self, agent: str) -> float | None:
         found = self.segment.find(f"{agent}:heartbeat")
@@ -82,8 +103,13 @@ class Runtime:
         }
 
 
-async def run_runtime(config: Config) -> None:
-    """Run until a signal or a shutdown request; raises on a start-up failure."""
+async def run_runtime(config: Config, template: Template | None = None) -> None:
+    """Run until a signal or a shutdown request; raises on a start-up failure.
+
+    `template` is the agent template process, forked before trio started
+    (runtime.supervisor.template). RootGaveUp after a clean stop if the root
+    supervisor gave up.
+    """
     async with open_store(config.data_dir, store_options(config)) as store:
         config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(config.run_dir, 0o700)
@@ -92,11 +118,13 @@ async def run_runtime(config: Config) -> None:
             s = config.store
             book = StateBook(store, s["checkpoint_every_ops"], s["checkpoint_every_s"],
                              s["checkpoint_keep_tail"])
-            rt = Runtime(config, store, segment, book)
+            rt = Runtime(config, store, segment, book, template)
             await _serve(rt)
         finally:
             segment.unlink()
             segment.close()
+    if rt.gave_up is not None:
+        raise RootGaveUp(rt.gave_up)
     log.info("outpost stopped cleanly")
 
 
@@ -108,6 +136,8 @@ async def _serve(rt: Runtime) -> None:
             nursery.start_soon(rt.book.run)
             nursery.start_soon(rt.events.run)
             rt.events.emit("runtime-start", None, pid=os.getpid(), version=__version__)
+            if rt.template is not None:
+                await nursery.start(rt.template.run)
             await nursery.start(rt.supervisor.run)
             server = rt.control = ControlServer(config.socket_path, control_methods(rt),
                                                 config.allowed_uids, config.allowed_gids)

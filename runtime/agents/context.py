@@ -63,20 +63,69 @@ class AgentMetrics:
         return made
 
 
-class AgentContext:
-    """Everything an agent touches: durable state, heartbeat, metrics, log, readiness.
+class CountingState:
+    """`ctx.state`: the agent's KeyValueState, counting durable writes in shared memory.
 
-    `await ctx.state.set/delete/incr/merge(...)` returns only after the write is
-    durable; `ctx.state.get(...)` reads the local materialised copy.
+    Reads and every other attribute go straight to the state; set/delete/incr/
+    merge bump `<agent>:state_writes` after their durable ack.
     """
 
-    def __init__(self, name: str, state: KeyValueState, segment: Segment) -> None:
+    def __init__(self, state: KeyValueState, writes: Counter) -> None:
+        self._state = state
+        self._writes = writes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._state[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state
+
+    def __iter__(self):
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    async def set(self, key: str, value: Any) -> None:
+        await self._state.set(key, value)
+        self._writes.inc()
+
+    async def delete(self, key: str) -> None:
+        await self._state.delete(key)
+        self._writes.inc()
+
+    async def incr(self, key: str, by: int | float = 1) -> int | float:
+        value = await self._state.incr(key, by)
+        self._writes.inc()
+        return value
+
+    async def merge(self, key: str, fields: Any) -> dict:
+        value = await self._state.merge(key, fields)
+        self._writes.inc()
+        return value
+
+
+class AgentContext:
+    """Everything an agent touches: durable state, heartbeat, metrics, log, readiness, mail.
+
+    `await ctx.state.set/delete/incr/merge(...)` returns only after the write is
+    durable; `ctx.state.get(...)` reads the local materialised copy. Process
+    agents get a ProcessContext with the same attributes (runtime.agents.process).
+    """
+
+    def __init__(self, name: str, state: KeyValueState, segment: Segment,
+                 mailboxes: Any = None) -> None:
         self.name = name
-        self.state = state
         self.metrics = AgentMetrics(segment, name)
+        self.state = CountingState(state, self.metrics.counter("state_writes"))
         self.log = logging.getLogger(f"outpost.agent.{name}")
         self._heartbeat = Heartbeat(segment, f"{name}:heartbeat")
         self.is_ready = trio.Event()
+        self._mailboxes = mailboxes
+        self._inbox = None
 
     def heartbeat(self) -> None:
         """Tell the supervisor this agent is alive (one atomic store in shared memory)."""
@@ -85,3 +134,20 @@ class AgentContext:
     def ready(self) -> None:
         """Signal readiness: agents that depend on this one may start."""
         self.is_ready.set()
+
+    @property
+    def inbox(self):
+        """This agent's durable inbox (runtime.agents.mailbox.Inbox)."""
+        if self._mailboxes is None:
+            raise RuntimeError("this context has no mailboxes (created outside a runtime)")
+        if self._inbox is None:
+            received = self.metrics.counter("messages_in")
+            self._inbox = self._mailboxes.inbox(self.name)
+            self._inbox.on_receive = received.inc
+        return self._inbox
+
+    async def send(self, agent: str, msg: Any, key: str | None = None) -> int:
+        """Durably put `msg` in `agent`'s inbox (at-least-once; one delivery per `key`)."""
+        if self._mailboxes is None:
+            raise RuntimeError("this context has no mailboxes (created outside a runtime)")
+        return await self._mailboxes.send(agent, msg, key=key, sender=self.name)

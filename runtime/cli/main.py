@@ -99,26 +99,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from runtime.app import run_runtime
+    from runtime.supervisor import RootGaveUp
+    from runtime.supervisor.template import Template
 
     config = load_config(args.config)
     logging.basicConfig(
         level=config.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    # The agent template is forked here: before trio runs and before the store is
+    # opened, so no event loop, thread or LMDB environment is ever forked.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    template = Template.start()
     try:
-        trio.run(run_runtime, config)
+        trio.run(run_runtime, config, template)
+    except RootGaveUp as exc:
+        raise CliError(f"outpost: stopped: the root supervisor gave up: {exc}",
+                       EXIT_FAILED) from None
     except BaseException as exc:
+        gave_up = _start_failure(exc, RootGaveUp)
+        if isinstance(gave_up, RootGaveUp):
+            raise CliError(f"outpost: stopped: the root supervisor gave up: {gave_up}",
+                           EXIT_FAILED) from None
         cause = _start_failure(exc)
         if cause is None:
             raise
         raise CliError(f"outpost: cannot start: {cause}", EXIT_FAILED) from None
+    finally:
+        template.close()
     return EXIT_OK
 
 
-def _start_failure(exc: BaseException) -> BaseException | None:
+def _start_failure(exc: BaseException, kinds: Any = StoreError | SegmentError | OSError) \
+        -> BaseException | None:
     """The one expected start-up error inside `exc` (nurseries wrap it in groups), if any."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, StoreError | SegmentError | OSError) else None
+    return exc if isinstance(exc, kinds) else None
 
 
 def _segment_path(args: argparse.Namespace) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -10,14 +11,17 @@ from typing import Any
 from runtime.config.schema import (
     AGENT_KEYS,
     CONTROL_KEYS,
+    GROUP_KEYS,
     MAINTAIN_KEYS,
     RUNTIME_KEYS,
     SHM_KEYS,
     STORE_KEYS,
+    SUPERVISOR_KEYS,
     TOP_SECTIONS,
     AgentSpec,
     Config,
     ConfigError,
+    GroupSpec,
     Key,
 )
 
@@ -60,26 +64,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     if store["map_size_max"] < store["map_size"]:
         raise fail("store.map_size_max", f"must be >= store.map_size ({store['map_size']})")
 
-    agents_raw = raw.get("agents", [])
-    if not isinstance(agents_raw, list):
-        raise fail("agents", "expected an array of tables: [[agents]]")
-    agents: list[AgentSpec] = []
-    seen: set[str] = set()
-    for i, table in enumerate(agents_raw):
-        where = f"agents[{i}]"
-        if not isinstance(table, dict):
-            raise fail(where, "expected a table ([[agents]])")
-        values = _check(table, AGENT_KEYS, where, fail)
-        if values["name"] in seen:
-            raise fail(f"{where}.name", f"duplicate agent name {values['name']!r}")
-        seen.add(values["name"])
-        entry = values["entry"]
-        file_part, _, func = entry.rpartition(":")
-        if file_part.endswith(".py"):
-            values["entry"] = f"{(path.parent / file_part).resolve()}:{func}"
-        if values["backoff_max_s"] < values["backoff_initial_s"]:
-            raise fail(f"{where}.backoff_max_s", "must be >= backoff_initial_s")
-        agents.append(AgentSpec(**values))
+    supervisor = _section(raw, "supervisor", SUPERVISOR_KEYS, fail)
+    agents, groups = _agents_and_groups(raw, path, fail)
 
     base = path.parent
     run_dir = (base / rt["run_dir"]).resolve()
@@ -97,11 +83,152 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         shm_slots=shm["slots"],
         allowed_uids=tuple(control["allowed_uids"]),
         allowed_gids=tuple(control["allowed_gids"]),
-        agents=tuple(agents),
+        agents=agents,
+        groups=groups,
+        supervisor=supervisor,
         maintain={**maintain,
                   "archive_dir": (base / maintain["archive_dir"]).resolve(),
                   "logs_dir": (base / maintain["logs_dir"]).resolve()},
     )
+
+
+def _tables(raw: dict, name: str, fail) -> list[tuple[str, dict]]:
+    found = raw.get(name, [])
+    if not isinstance(found, list):
+        raise fail(name, f"expected an array of tables: [[{name}]]")
+    for i, table in enumerate(found):
+        if not isinstance(table, dict):
+            raise fail(f"{name}[{i}]", f"expected a table ([[{name}]])")
+    return [(f"{name}[{i}]", table) for i, table in enumerate(found)]
+
+
+def _agents_and_groups(raw: dict, path: Path, fail) \
+        -> tuple[tuple[AgentSpec, ...], tuple[GroupSpec, ...]]:
+    """[[groups]] (the supervision tree) and [[agents]], cross-checked."""
+    groups: list[GroupSpec] = []
+    group_names: dict[str, str] = {}
+    for where, table in _tables(raw, "groups", fail):
+        values = _check(table, GROUP_KEYS, where, fail)
+        if values["name"] in group_names:
+            raise fail(f"{where}.name", f"duplicate group name {values['name']!r}")
+        group_names[values["name"]] = where
+        groups.append(GroupSpec(**values))
+    for group in groups:
+        where = group_names[group.name]
+        if group.parent is not None and group.parent not in group_names:
+            raise fail(f"{where}.parent", f"no group named {group.parent!r}; expected one of "
+                       + (", ".join(group_names) or "(no [[groups]] defined)"))
+        seen, up = {group.name}, group.parent
+        while up is not None:  # the tree must not loop back on itself
+            if up in seen:
+                raise fail(f"{where}.parent", f"groups form a cycle through {up!r}")
+            seen.add(up)
+            up = next(g.parent for g in groups if g.name == up)
+
+    agents: list[AgentSpec] = []
+    wheres: dict[str, str] = {}
+    for where, table in _tables(raw, "agents", fail):
+        values = _check(table, AGENT_KEYS, where, fail)
+        name = values["name"]
+        if name in wheres:
+            raise fail(f"{where}.name", f"duplicate agent name {name!r}")
+        if name in group_names:
+            raise fail(f"{where}.name", f"{name!r} is already a group name")
+        wheres[name] = where
+        kind = values["kind"]
+        if kind == "exec":
+            if values["command"] is None:
+                raise fail(f"{where}.command", "missing; an exec agent needs a command")
+            if values["entry"] is not None:
+                raise fail(f"{where}.entry", "not used by an exec agent (give `command`)")
+            command = values["command"]
+            try:
+                argv = shlex.split(command) if isinstance(command, str) else list(command)
+            except ValueError as exc:
+                raise fail(f"{where}.command", f"cannot split the command line: {exc}") from None
+            if not argv:
+                raise fail(f"{where}.command", "expected a non-empty command")
+            values["command"] = tuple(argv)
+        else:
+            if values["entry"] is None:
+                raise fail(f"{where}.entry", "missing; expected 'module:function' or "
+                           "'path/to/file.py:function'")
+            if values["command"] is not None:
+                raise fail(f"{where}.command", f"only exec agents take a command, not {kind}")
+            values["command"] = ()
+            file_part, _, func = values["entry"].rpartition(":")
+            if file_part.endswith(".py"):
+                values["entry"] = f"{(path.parent / file_part).resolve()}:{func}"
+        if values["cwd"] is not None:
+            values["cwd"] = str((path.parent / values["cwd"]).resolve())
+        if values["group"] is not None and values["group"] not in group_names:
+            raise fail(f"{where}.group", f"no group named {values['group']!r}; expected one of "
+                       + (", ".join(group_names) or "(no [[groups]] defined)"))
+        if values["backoff_max_s"] < values["backoff_initial_s"]:
+            raise fail(f"{where}.backoff_max_s", "must be >= backoff_initial_s")
+        values["env"] = tuple(sorted(values["env"].items()))
+        values["depends_on"] = tuple(values["depends_on"])
+        agents.append(AgentSpec(**values))
+    for agent in agents:
+        for dep in agent.depends_on:
+            if dep not in wheres:
+                raise fail(f"{wheres[agent.name]}.depends_on",
+                           f"no agent named {dep!r} to depend on")
+            if dep == agent.name:
+                raise fail(f"{wheres[agent.name]}.depends_on", "an agent cannot depend on itself")
+    try:
+        start_order(tuple(agents), tuple(groups))
+    except ValueError as exc:
+        name = str(exc).split(":", 1)[0]
+        raise fail(f"{wheres.get(name, 'agents')}.depends_on", str(exc)) from None
+    return tuple(agents), tuple(groups)
+
+
+def start_order(agents: tuple[AgentSpec, ...], groups: tuple[GroupSpec, ...]) \
+        -> dict[str | None, list[tuple[str, str]]]:
+    """Each group's children in start order: {group or None (root): [("agent"|"group", name)]}.
+
+    Children sort by `order` (then agents before groups, then file order); an
+    agent moves after the siblings it depends on. A dependency must start
+    earlier in the whole tree's depth-first order, else ValueError("name: why").
+    """
+    children: dict[str | None, list[tuple[int, int, str, str]]] = {None: []}
+    for g in groups:
+        children.setdefault(g.name, [])
+    for i, a in enumerate(agents):
+        children[a.group].append((a.order, i, "agent", a.name))
+    for i, g in enumerate(groups):
+        children.setdefault(g.parent, []).append((g.order, len(agents) + i, "group", g.name))
+    deps = {a.name: set(a.depends_on) for a in agents}
+    plan: dict[str | None, list[tuple[str, str]]] = {}
+    for group, items in children.items():
+        pending = [(kind, name) for _, _, kind, name in sorted(items)]
+        ordered: list[tuple[str, str]] = []
+        names_here = {name for _, name in pending}
+        while pending:
+            for i, (kind, name) in enumerate(pending):
+                local = deps.get(name, set()) & names_here if kind == "agent" else set()
+                if local <= {n for _, n in ordered}:
+                    ordered.append(pending.pop(i))
+                    break
+            else:
+                raise ValueError(f"{pending[0][1]}: depends_on forms a cycle")
+        plan[group] = ordered
+    position: dict[str, int] = {}
+
+    def walk(group: str | None) -> None:
+        for kind, name in plan[group]:
+            if kind == "agent":
+                position[name] = len(position)
+            else:
+                walk(name)
+    walk(None)
+    for a in agents:
+        for dep in a.depends_on:
+            if position[dep] > position[a.name]:
+                raise ValueError(f"{a.name}: depends on {dep!r}, which starts later in the "
+                                 "supervision tree (move it to an earlier group or order)")
+    return plan
 
 
 def _section(raw: dict, name: str, keys: dict[str, Key], fail) -> dict[str, Any]:

@@ -17,7 +17,9 @@ class ConfigError(Exception):
     """The config cannot be used. str() is one line: file, key, what is expected."""
 
 
-AGENT_KINDS = ("task",)
+AGENT_KINDS = ("task", "process", "exec")
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+ON_GIVE_UP = ("stop", "keep_running")
 RESTART_TYPES = ("permanent", "transient", "temporary")
 DURABILITY = ("sync", "interval")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -115,21 +117,62 @@ CONTROL_KEYS = {
     "allowed_uids": K(UID_LIST, []),
     "allowed_gids": K(UID_LIST, []),
 }
-AGENT_KEYS = {
-    "name": K(_typed(str, expected="a name of letters, digits, '_', '.', '-' "
+_NAME_CHECK = _typed(str, expected="a name of letters, digits, '_', '.', '-' "
                      "(starting with a letter, at most 48)",
-                     check=lambda v: bool(_NAME.match(v))), required=True),
+                     check=lambda v: bool(_NAME.match(v)))
+NAME_LIST = _typed(list, expected="a list of agent names",
+                   check=lambda v: all(isinstance(n, str) and _NAME.match(n) for n in v))
+COMMAND = _typed(str, list, expected="a command: a string (split like a shell would) "
+                 "or a list of strings",
+                 check=lambda v: bool(v) and ((isinstance(v, str) and bool(v.strip())) or
+                                              all(isinstance(a, str) for a in v)))
+ENV = _typed(dict, expected="a table of string values",
+             check=lambda v: all(isinstance(x, str) for x in v.values()))
+AGENT_KEYS = {
+    "name": K(_NAME_CHECK, required=True),
     "kind": K(_choice(AGENT_KINDS), "task"),
+    # task/process: the Python function; exec: `command`.
     "entry": K(_typed(str, expected="'module:function' or 'path/to/file.py:function'",
-                      check=lambda v: bool(_ENTRY.match(v))), required=True),
+                      check=lambda v: bool(_ENTRY.match(v))), None),
+    "command": K(COMMAND, None),
+    "env": K(ENV, {}),
+    "cwd": K(PATH, None),
+    "group": K(_NAME_CHECK, None),
+    "order": K(_int_range(-10**6, 10**6), 0),
+    "depends_on": K(NAME_LIST, []),
+    "notify": K(_typed(bool, expected="true or false"), False),
     "restart": K(_choice(RESTART_TYPES), "permanent"),
     "backoff_initial_s": K(_non_negative(), 0.0),
     "backoff_max_s": K(_non_negative(), 5.0),
     "backoff_multiplier": K(_typed(int, float, expected="a number >= 1",
                                    check=lambda v: v >= 1), 2.0),
+    "backoff_jitter": K(_typed(int, float, expected="a fraction from 0 to 1",
+                               check=lambda v: 0 <= v <= 1), 0.0),
+    "backoff_reset_s": K(_non_negative(), 10.0),
     "shutdown_timeout_s": K(_positive(), 5.0),
     "max_restarts": K(_int_range(0, 10**6), 10),
     "restart_window_s": K(_positive(), 60.0),
+    "heartbeat_timeout_s": K(_non_negative("a number of seconds >= 0 (0 = off)"), 0.0),
+    "memory_max": K((lambda v: 0 if v == 0 else _size(v), SIZE[1] + " (0 = off)"), 0),
+    "cpu_max": K(_non_negative("a CPU percentage >= 0 (100 = one core; 0 = off)"), 0.0),
+    "max_runtime_s": K(_non_negative("a number of seconds >= 0 (0 = off)"), 0.0),
+    "log_max_bytes": K(SIZE, 1 << 20),
+    "log_keep": K(_int_range(0, 100), 3),
+}
+GROUP_KEYS = {
+    "name": K(_NAME_CHECK, required=True),
+    "parent": K(_NAME_CHECK, None),
+    "order": K(_int_range(-10**6, 10**6), 0),
+    "strategy": K(_choice(STRATEGIES), "one_for_one"),
+    "max_restarts": K(_int_range(0, 10**6), 100),
+    "restart_window_s": K(_positive(), 60.0),
+}
+SUPERVISOR_KEYS = {
+    "strategy": K(_choice(STRATEGIES), "one_for_one"),
+    "max_restarts": K(_int_range(0, 10**6), 100),
+    "restart_window_s": K(_positive(), 60.0),
+    # What the runtime does when the root supervisor's intensity is exceeded.
+    "on_give_up": K(_choice(ON_GIVE_UP), "stop"),
 }
 MAINTAIN_KEYS = {
     "prune_keep_tail": K(_int_range(0, 10**9), 0),
@@ -141,22 +184,50 @@ MAINTAIN_KEYS = {
     "disk_critical_factor": K(_typed(int, float, expected="a number >= 1",
                                      check=lambda v: v >= 1), 1.25),
 }
-TOP_SECTIONS = ("runtime", "store", "shm", "control", "maintain", "agents")
+TOP_SECTIONS = ("runtime", "store", "shm", "control", "maintain", "supervisor", "groups",
+                "agents")
 
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """One agent of the config, validated."""
+    """One agent of the config, validated. Durations in seconds, sizes in bytes, 0 = off."""
 
     name: str
-    entry: str
+    entry: str | None = None
     kind: str = "task"
+    command: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    group: str | None = None  # None: the root supervisor
+    order: int = 0
+    depends_on: tuple[str, ...] = ()
+    notify: bool = False  # exec: ready only after sd_notify READY=1
     restart: str = "permanent"
     backoff_initial_s: float = 0.0
     backoff_max_s: float = 5.0
     backoff_multiplier: float = 2.0
+    backoff_jitter: float = 0.0
+    backoff_reset_s: float = 10.0
     shutdown_timeout_s: float = 5.0
     max_restarts: int = 10
+    restart_window_s: float = 60.0
+    heartbeat_timeout_s: float = 0.0
+    memory_max: int = 0
+    cpu_max: float = 0.0
+    max_runtime_s: float = 0.0
+    log_max_bytes: int = 1 << 20
+    log_keep: int = 3
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A supervisor node of the tree: its children are agents and groups naming it."""
+
+    name: str
+    parent: str | None = None
+    order: int = 0
+    strategy: str = "one_for_one"
+    max_restarts: int = 100
     restart_window_s: float = 60.0
 
 
@@ -174,6 +245,10 @@ class Config:
     allowed_uids: tuple[int, ...] = ()
     allowed_gids: tuple[int, ...] = ()
     agents: tuple[AgentSpec, ...] = ()
+    groups: tuple[GroupSpec, ...] = ()
+    supervisor: dict[str, Any] = field(default_factory=lambda: {
+        "strategy": "one_for_one", "max_restarts": 100, "restart_window_s": 60.0,
+        "on_give_up": "stop"})
     maintain: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,6 +1,8 @@
-"""Supervision: agents started in order, restarted by policy, stopped in reverse."""
+"""Supervision: a tree of groups and agents, restarted by strategy, stopped in reverse."""
 
-from runtime.supervisor.child import Child, next_backoff
-from runtime.supervisor.supervisor import Supervisor
+from runtime.supervisor.child import Child, Exit, next_backoff
+from runtime.supervisor.errors import RootGaveUp, UnknownAgentError
+from runtime.supervisor.supervisor import Group, Supervisor
 
-__all__ = ["Child", "Supervisor", "next_backoff"]
+__all__ = ["Child", "Exit", "Group", "RootGaveUp", "Supervisor", "UnknownAgentError",
+           "next_backoff"]

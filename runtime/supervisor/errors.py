@@ -1,0 +1,20 @@
+"""Errors the supervisor raises to its callers (the control methods among them)."""
+
+from __future__ import annotations
+
+
+class UnknownAgentError(KeyError):
+    """No agent (or group) by that name. str() is a full sentence for the user."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:
+        tail = f" (agents: {', '.join(self.known) or 'none'})" if self.known is not None else ""
+        return f"no agent named {self.name!r}{tail}"
+
+
+class RootGaveUp(Exception):
+    """The root supervisor exceeded its restart intensity: the runtime stops (non-zero exit)."""

@@ -1,0 +1,197 @@
+"""OS-process plumbing for process and exec agents: output capture, sd_notify, pid records.
+
+- Output: stdout/stderr are pipes read line by line; each line becomes an
+  `output` event and a line in `<logs_dir>/<agent>.log`, rotated at
+  `log_max_bytes` keeping `log_keep` old files.
+- sd_notify: a datagram socket in the abstract namespace, passed in
+  NOTIFY_SOCKET. Datagrams are accepted only from the agent's process group
+  (SCM_CREDENTIALS), so another local process cannot mark it ready.
+- Pid records: every live agent process is recorded (pid, process group,
+  start time) in `<data_dir>/agent-pids.json`. After a kill -9 of the runtime
+  the next start ends whatever is left of those groups (checked with psutil,
+  so a recycled pid is never killed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import trio
+
+log = logging.getLogger("outpost.supervisor")
+
+MAX_LINE = 8192  # longer lines are split; a program cannot make us buffer without bound
+PID_FILE = "agent-pids.json"
+
+
+class RotatingLog:
+    """A size-capped log file with numbered predecessors (<name>.log.1 is the newest old one)."""
+
+    def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "ab")  # noqa: SIM115 - held for the agent's lifetime
+        self._size = self._file.tell()
+
+    def write(self, line: bytes) -> None:
+        if self._size + len(line) > self.max_bytes and self._size > 0:
+            self._rotate()
+        self._file.write(line)
+        self._file.flush()
+        self._size += len(line)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.keep == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for n in range(self.keep - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{n}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def pump_lines(fd: int, stream: str, on_line: Callable[[str, bytes], None]) -> None:
+    """Read `fd` until EOF, calling `on_line(stream, line)` per line (split at MAX_LINE)."""
+    buf = b""
+    async with trio.lowlevel.FdStream(fd) as pipe:
+        while True:
+            data = await pipe.receive_some(65536)
+            if not data:
+                break
+            buf += data
+            while True:
+                cut = buf.find(b"\n")
+                if cut < 0:
+                    if len(buf) < MAX_LINE:
+                        break
+                    cut = MAX_LINE - 1
+                on_line(stream, buf[:cut + 1])
+                buf = buf[cut + 1:]
+    if buf:
+        on_line(stream, buf + b"\n")
+
+
+_UCRED = struct.Struct("iII")
+
+
+def open_notify_socket(tag: str) -> tuple[trio.socket.SocketType, str]:
+    """A datagram socket for sd_notify in the abstract namespace; (socket, NOTIFY_SOCKET)."""
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    name = f"outpost-{os.getpid()}-{tag}"
+    raw.bind("\0" + name)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    return trio.socket.from_stdlib_socket(raw), "@" + name
+
+
+async def read_notify(sock: trio.socket.SocketType, pgid: int,
+                      on_field: Callable[[str, str], None]) -> None:
+    """Feed each KEY=VALUE line of datagrams sent from process group `pgid` to `on_field`."""
+    while True:
+        data, ancdata, _, _ = await sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))
+        sender = None
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                sender = _UCRED.unpack(payload[:_UCRED.size])[0]
+        try:
+            if sender is None or (sender != pgid and os.getpgid(sender) != pgid):
+                continue
+        except OSError:
+            continue  # the sender is already gone; cannot tell whose it was
+        for line in data.decode("utf-8", "replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                on_field(key.strip(), value)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """`pid`'s descendants now (they may have left its process group)."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+class PidRecord:
+    """`<data_dir>/agent-pids.json`: {agent: [pid (= pgid), create_time]} of live agents."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.path = None if data_dir is None else Path(data_dir) / PID_FILE
+        self.live: dict[str, list] = {}
+
+    def add(self, agent: str, pid: int) -> None:
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            created = 0.0
+        self.live[agent] = [pid, created]
+        self._save()
+
+    def remove(self, agent: str) -> None:
+        if self.live.pop(agent, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(PID_FILE + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.live))
+            tmp.replace(self.path)
+        except OSError as exc:
+            log.warning("cannot record agent pids in %s: %s", self.path, exc)
+
+    def end_leftovers(self) -> list[int]:
+        """Kill what a previous runtime's agents left running; the pids killed.
+
+        Called at start-up with the data-dir lock held, so the recorded agents
+        cannot belong to a live runtime. A process counts as left over if it is
+        in a recorded process group and started no earlier than that group's
+        leader did (a recycled pid or pgid started before is left alone).
+        """
+        if self.path is None or not self.path.exists():
+            return []
+        try:
+            recorded = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        groups = {int(pid): float(created) for pid, created in recorded.values()}
+        killed = []
+        for proc in psutil.process_iter(["pid", "create_time"]):
+            try:
+                pgid = os.getpgid(proc.pid)
+            except OSError:
+                continue
+            created = groups.get(pgid)
+            if created is None or proc.pid == os.getpid():
+                continue
+            if proc.info["create_time"] + 0.01 >= created:
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+        self.live = {}
+        self._save()
+        return killed

@@ -1,0 +1,333 @@
+"""The template process: forks agent processes on request, from a clean pre-trio state.
+
+`Template.start()` runs in `outpost run` BEFORE trio starts and before the
+store is opened (an LMDB environment must never cross a fork; trio's threads
+and wakeup fds neither). The template is forked from the runtime's own Python
+process, so in the PyInstaller binary nothing is re-executed, and it has the
+agent API (trio, msgpack, shm, runtime.agents) already imported: a restart is
+one fork, not an interpreter start.
+
+Each agent it forks gets its own session and process group (setsid) and
+PR_SET_PDEATHSIG(SIGKILL), so it dies with the template, which itself dies
+with the runtime. The template is a child subreaper: grandchildren orphaned by
+an agent are re-parented to it and reaped, so no zombies pile up. It reaps on
+SIGCHLD (a wakeup pipe) at once and reports each agent's exit to the runtime.
+
+Protocol (SOCK_SEQPACKET, one msgpack message per packet, fds by SCM_RIGHTS):
+  runtime -> template  ["spawn", req, spec-dict] + fds   ["signal", pid, signum]
+  template -> runtime  ["spawned", req, pid] | ["spawn-failed", req, why]
+                       ["exit", pid, code, signum]
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+import msgpack
+import trio
+
+log = logging.getLogger("outpost.template")
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_MAX_PACKET = 1 << 20
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when its parent dies (and exit now if it already did)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def exec_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment for an executable: in the binary, without PyInstaller's library path.
+
+    The onefile bootloader points LD_LIBRARY_PATH at its unpack dir and keeps
+    the user's value in LD_LIBRARY_PATH_ORIG; system programs must get the latter.
+    """
+    env = dict(env)
+    if getattr(sys, "frozen", False):
+        orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        if orig is not None:
+            env["LD_LIBRARY_PATH"] = orig
+        else:
+            env.pop("LD_LIBRARY_PATH", None)
+    return env
+
+
+class Template:
+    """The runtime's handle on its template process."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+    @classmethod
+    def start(cls) -> Template:
+        """Fork the template (call before trio.run and before opening the store)."""
+        import runtime.agents.process  # noqa: F401  (imported once, inherited by every agent)
+
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        runtime_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the template
+            parent_sock.close()
+            code = 70
+            try:
+                code = _template_main(child_sock, runtime_pid)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        child_sock.close()
+        parent_sock.setblocking(False)
+        return cls(pid, parent_sock)
+
+    def close(self) -> None:
+        """Close the channel (the template then ends every agent it has and exits) and reap it."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+# -- inside the template ----------------------------------------------------------
+
+
+def _template_main(sock: socket.socket, runtime_pid: int) -> int:
+    die_with_parent(runtime_pid)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    # Terminal signals are for the runtime; the template ends when the runtime does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    me = os.getpid()
+    agents: set[int] = set()
+
+    def send(msg: list) -> None:
+        with contextlib.suppress(OSError):
+            sock.send(msgpack.packb(msg, use_bin_type=True))
+
+    def reap() -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in agents:  # grandchildren we adopted are reaped silently
+                agents.discard(pid)
+                code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+                signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+                send(["exit", pid, code, signum])
+
+    while True:
+        reap()
+        try:
+            readable, _, _ = select.select([sock, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 512):
+                    pass
+        if sock not in readable:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, _MAX_PACKET, 8)
+        except InterruptedError:
+            continue
+        if not data:  # the runtime is gone or done: take every agent with us
+            for pid in agents:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+            return 0
+        try:
+            msg = msgpack.unpackb(data, raw=False)
+            op = msg[0]
+        except Exception:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if op == "spawn":
+            _, req, spec = msg
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                send(["spawn-failed", req, f"fork failed: {exc}"])
+                pid = -1
+            if pid == 0:
+                _agent_child(spec, fds, me, [sock.fileno(), wake_r, wake_w])
+            for fd in fds:
+                os.close(fd)
+            if pid > 0:
+                agents.add(pid)
+                send(["spawned", req, pid])
+        elif op == "signal":
+            _, pid, signum = msg
+            for fd in fds:
+                os.close(fd)
+            if pid in agents:  # never signal a pid we have already reaped (it may be reused)
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signum)
+
+
+def _agent_child(spec: dict[str, Any], fds: list[int], template_pid: int,
+                 close: list[int]) -> None:
+    """In the freshly forked agent: isolate, wire up fds, then exec or run the agent."""
+    code = 70
+    try:
+        os.setsid()
+        die_with_parent(template_pid)
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in close:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        stdout, stderr, *rest = fds
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        for fd in (devnull, stdout, stderr):
+            if fd > 2:
+                os.close(fd)
+        if spec.get("cwd"):
+            os.chdir(spec["cwd"])
+        if spec["kind"] == "exec":
+            env = exec_environment({**os.environ, **spec.get("env", {})})
+            argv = spec["argv"]
+            try:
+                os.execvpe(argv[0], argv, env)  # noqa: S606 - argv from the config
+            except OSError as exc:
+                os.write(2, f"outpost: cannot execute {argv[0]!r}: {exc.strerror}\n".encode())
+                code = 127 if exc.errno == errno.ENOENT else 126
+        else:
+            os.environ.update(spec.get("env", {}))
+            from runtime.agents.process import agent_main
+            code = agent_main(spec, rest[0])
+    except BaseException:
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+# -- the runtime's side, under trio --------------------------------------------------
+
+
+class TemplateGone(Exception):
+    """The template process exited: no process or exec agent can be started."""
+
+
+class TemplateClient:
+    """Async access to the template from the runtime's trio loop.
+
+    `run()` reads the template's reports; `spawn()` asks for a new agent
+    process and returns its pid; `wait_exit(pid)` returns (code, signal) once
+    the template has reaped it; `signal(pid, signum)` signals its process group
+    (only while it is unreaped, so a recycled pid is never hit).
+    """
+
+    def __init__(self, template: Template) -> None:
+        self.template = template
+        self.sock = trio.socket.from_stdlib_socket(template.sock)
+        self._req = 0
+        self._spawns: dict[int, list] = {}
+        self._exits: dict[int, tuple[int | None, int | None]] = {}
+        self._exit_waiters: dict[int, trio.Event] = {}
+        self._send_lock = trio.Lock()
+        self.gone = False
+
+    async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        data = None
+        try:
+            while True:
+                data = await self.sock.recv(_MAX_PACKET)
+                if not data:
+                    break
+                msg = msgpack.unpackb(data, raw=False)
+                if msg[0] == "exit":
+                    _, pid, code, signum = msg
+                    self._exits[pid] = (code, signum)
+                    waiter = self._exit_waiters.pop(pid, None)
+                    if waiter is not None:
+                        waiter.set()
+                elif msg[0] in ("spawned", "spawn-failed"):
+                    slot = self._spawns.pop(msg[1], None)
+                    if slot is not None:
+                        slot[1] = msg
+                        slot[0].set()
+        finally:
+            self.gone = True
+            for slot in self._spawns.values():
+                slot[0].set()
+            for waiter in self._exit_waiters.values():
+                waiter.set()
+            if data == b"":
+                log.error("the template process exited; process and exec agents cannot start")
+
+    async def _send(self, msg: list, fds: list[int] = ()) -> None:
+        data = msgpack.packb(msg, use_bin_type=True)
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        async with self._send_lock:
+            await self.sock.sendmsg([data], ancillary)
+
+    async def spawn(self, spec: dict[str, Any], fds: list[int]) -> int:
+        """Fork an agent described by `spec` with `fds` (stdout, stderr[, channel]); its pid."""
+        if self.gone:
+            raise TemplateGone("the template process is gone")
+        self._req += 1
+        req = self._req
+        slot = self._spawns[req] = [trio.Event(), None]
+        await self._send(["spawn", req, spec], fds)
+        await slot[0].wait()
+        if slot[1] is None:
+            raise TemplateGone("the template process is gone")
+        if slot[1][0] == "spawn-failed":
+            raise OSError(slot[1][2])
+        return slot[1][2]
+
+    async def wait_exit(self, pid: int) -> tuple[int | None, int | None]:
+        """(exit code, signal) of `pid` once reaped."""
+        while pid not in self._exits:
+            if self.gone:
+                return None, signal.SIGKILL  # died with the template
+            event = self._exit_waiters.setdefault(pid, trio.Event())
+            await event.wait()
+        return self._exits.pop(pid)
+
+    async def signal(self, pid: int, signum: int) -> None:
+        """Send `signum` to the process group of agent `pid` (ignored once it was reaped)."""
+        if not self.gone:
+            with contextlib.suppress(OSError):
+                await self._send(["signal", pid, int(signum)])
