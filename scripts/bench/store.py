@@ -1,0 +1,651 @@
+#!/usr/bin/env python3
+"""Store benchmark: outpost vs Redis 7 vs SQLite vs raw fsync, side by side in ONE run.
+
+    .venv/bin/python scripts/bench/store.py [--quick] [--json] [--dir DIR]
+
+a. 50 concurrent writers, each awaiting an ack after fsync: outpost (50 trio tasks
+   doing state.set) vs Redis (appendonly yes, appendfsync always, Unix socket,
+   redis-benchmark -c 50, no pipelining) vs SQLite (WAL, synchronous=FULL, 50
+   threads with their own connections, one INSERT per commit).
+   Targets: >= 1.0x Redis ops/s, outpost p99 ack <= 5 ms.
+b. One writer awaiting each write vs a raw append + fsync of the same bytes.
+   Target: outpost mean <= 1.3x raw fsync.
+c. Batches of 1000 records (append_many). Target: >= 500k records/s.
+d. Recovery of 1M WAL records (+ checkpoints) vs Redis loading an AOF of 1M SETs.
+   Target: <= 1.0 s and <= Redis.
+
+Every figure is measured in this run on the same filesystem (`--dir`, default a
+temporary dir under /tmp). Nothing is rounded before the ratios are taken; --json
+prints one object with every figure. Redis is installed with apt-get if missing
+(needs root); without it the Redis figures are null and say why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import lmdb  # noqa: E402
+import trio  # noqa: E402
+
+from runtime.store import KeyValueState, StoreOptions, codec, open_store  # noqa: E402
+from runtime.store.kvstate import SET, apply_op  # noqa: E402
+
+VALUE = "v" * 40  # the same 40-byte value everywhere (redis-benchmark -d 40)
+KEYSPACE = 1_000_000  # keys key:000000xxxxxx, as redis-benchmark -r 1000000
+
+
+def key_of(n: int) -> str:
+    return f"key:{n:012d}"
+
+
+def pct(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def load_avg() -> list[float]:
+    return list(os.getloadavg())
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- machine -------------------------------------------------------------------------
+
+
+def machine(work: Path) -> dict[str, Any]:
+    def run(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10,
+                                  check=False).stdout.strip()
+        except OSError:
+            return ""
+    lscpu = run(["lscpu"])
+    model = re.search(r"Model name:\s*(.+)", lscpu)
+    mem = re.search(r"Mem:\s+(\S+)", run(["free", "-h"]))
+    df = run(["df", "-hT", str(work)]).splitlines()
+    redis_version = run(["redis-server", "--version"])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model.group(1) if model else None,
+        "mem_total": mem.group(1) if mem else None,
+        "bench_fs": df[-1] if df else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "lmdb": ".".join(map(str, lmdb.version())),
+        "py_lmdb": lmdb.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "redis": redis_version or None,
+    }
+
+
+# -- Redis -----------------------------------------------------------------------------
+
+
+def ensure_redis() -> str | None:
+    """None if redis-server and redis-benchmark are usable, else why not."""
+    if shutil.which("redis-server") and shutil.which("redis-benchmark"):
+        return None
+    if os.geteuid() != 0:
+        return "redis-server missing and not root to apt-get install it"
+    log("installing redis-server (apt-get) ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "redis-server"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            return f"{' '.join(cmd)} failed: {done.stderr.strip()[-300:]}"
+    if shutil.which("redis-server") and shutil.which("redis-benchmark"):
+        return None
+    return "redis-server still missing after apt-get install"
+
+
+class Redis:
+    """A private redis-server on a Unix socket in `path`, AOF with the given fsync policy."""
+
+    def __init__(self, path: Path, fsync: str) -> None:
+        self.path = path
+        self.sock = path / "redis.sock"
+        self.logfile = path / "redis.log"
+        self.fsync = fsync
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> float:
+        """Start and wait until PING answers; returns seconds from exec to ready."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", str(self.sock),
+             "--unixsocketperm", "700", "--dir", str(self.path), "--appendonly", "yes",
+             "--appendfsync", self.fsync, "--save", "", "--auto-aof-rewrite-percentage", "0",
+             "--logfile", str(self.logfile), "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.logfile.read_text()[-1000:]}")
+            with contextlib.suppress(OSError):
+                if self.command("PING") == b"+PONG\r\n":
+                    return time.perf_counter() - started
+            time.sleep(0.001)  # polling for readiness with a deadline
+        raise RuntimeError("redis-server did not become ready in 120 s")
+
+    def command(self, *args: str) -> bytes:
+        """One RESP command over the Unix socket; the raw reply."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(self.sock))
+            s.sendall(b"".join([f"*{len(args)}\r\n".encode()] +
+                               [f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args]))
+            return s.recv(65536)
+
+    def aof_load_seconds(self) -> float | None:
+        found = re.findall(r"DB loaded from (?:append only file|disk): ([0-9.]+) seconds",
+                           self.logfile.read_text())
+        return float(found[-1]) if found else None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.command("SHUTDOWN", "NOSAVE")
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def redis_benchmark(sock: Path, clients: int, requests: int, pipeline: int = 1) -> dict:
+    done = subprocess.run(
+        ["redis-benchmark", "-s", str(sock), "-c", str(clients), "-n", str(requests),
+         "-t", "set", "-d", "40", "-r", str(KEYSPACE), "-P", str(pipeline), "--csv"],
+        capture_output=True, text=True, check=True, timeout=900)
+    lines = [line for line in done.stdout.splitlines() if line.startswith('"')]
+    header = [h.strip('"') for h in lines[0].split(",")]
+    values = [v.strip('"') for v in lines[1].split(",")]
+    row = dict(zip(header, values, strict=True))
+    return {"ops_per_s": float(row["rps"]), "p50_ms": float(row["p50_latency_ms"]),
+            "p99_ms": float(row["p99_latency_ms"]), "avg_ms": float(row["avg_latency_ms"])}
+
+
+# -- a. 50 concurrent writers ------------------------------------------------------------
+
+
+async def outpost_concurrent(path: Path, writers: int, seconds: float) -> dict:
+    async with open_store(path) as store:
+        state = await KeyValueState.load(store, "bench/a")
+        lat: list[float] = []
+        stop = time.perf_counter() + seconds
+        rng = random.Random(1)
+
+        async def writer() -> None:
+            perf = time.perf_counter
+            while perf() < stop:
+                t0 = perf()
+                await state.set(key_of(rng.randrange(KEYSPACE)), VALUE)
+                lat.append(perf() - t0)
+
+        commits0 = store.commits
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(writers):
+                nursery.start_soon(writer)
+        elapsed = time.perf_counter() - t0
+        commits = store.commits - commits0
+    lat.sort()
+    return {"ops_per_s": len(lat) / elapsed, "p50_ms": pct(lat, 50) * 1e3,
+            "p99_ms": pct(lat, 99) * 1e3, "ops": len(lat), "commits": commits,
+            "ops_per_commit": len(lat) / max(1, commits)}
+
+
+def sqlite_concurrent(path: Path, writers: int, seconds: float) -> dict:
+    db = path / "bench.sqlite"
+    path.mkdir(parents=True, exist_ok=True)
+    setup = sqlite3.connect(db, isolation_level=None)
+    setup.execute("PRAGMA journal_mode=WAL")
+    setup.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)")
+    setup.close()
+    lat: list[float] = []
+    stop = time.perf_counter() + seconds
+    start = threading.Barrier(writers + 1)
+
+    def writer(w: int) -> None:
+        conn = sqlite3.connect(db, isolation_level=None, timeout=60, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=FULL")
+        rng = random.Random(w)
+        mine = []
+        start.wait()
+        perf = time.perf_counter
+        while perf() < stop:
+            t0 = perf()
+            conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)",
+                         (key_of(rng.randrange(KEYSPACE)), VALUE))
+            mine.append(perf() - t0)
+        conn.close()
+        lat.extend(mine)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    lat.sort()
+    return {"ops_per_s": len(lat) / elapsed, "p50_ms": pct(lat, 50) * 1e3,
+            "p99_ms": pct(lat, 99) * 1e3, "ops": len(lat)}
+
+
+# -- b. one writer -------------------------------------------------------------------
+
+
+async def outpost_single(path: Path, n: int) -> dict:
+    async with open_store(path) as store:
+        state = await KeyValueState.load(store, "bench/b")
+        for i in range(20):  # warm-up: file and map pages exist
+            await state.set(key_of(i), VALUE)
+        lat = []
+        perf = time.perf_counter
+        for i in range(n):
+            t0 = perf()
+            await state.set(key_of(i), VALUE)
+            lat.append(perf() - t0)
+    return _lat_stats(lat)
+
+
+def raw_append(path: Path, n: int, sync: Any) -> dict:
+    record = codec.pack([SET, key_of(1), VALUE])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(20):
+            os.write(fd, record)
+            sync(fd)
+        lat = []
+        perf = time.perf_counter
+        for _ in range(n):
+            t0 = perf()
+            os.write(fd, record)
+            sync(fd)
+            lat.append(perf() - t0)
+    finally:
+        os.close(fd)
+    return _lat_stats(lat)
+
+
+def lmdb_raw_commit(path: Path, n: int) -> dict:
+    """Bare py-lmdb: one put + a durable commit per write (what bounds b)."""
+    env = lmdb.open(str(path), map_size=64 << 20, max_dbs=2)
+    db = env.open_db(b"wal")
+    record = codec.pack([SET, key_of(1), VALUE])
+    lat = []
+    perf = time.perf_counter
+    try:
+        for i in range(n + 20):
+            t0 = perf()
+            with env.begin(write=True, db=db) as txn:
+                txn.put(i.to_bytes(8, "big"), record)
+            if i >= 20:
+                lat.append(perf() - t0)
+    finally:
+        env.close()
+    return _lat_stats(lat)
+
+
+def _lat_stats(lat: list[float]) -> dict:
+    s = sorted(lat)
+    return {"mean_us": statistics.fmean(s) * 1e6, "p50_us": pct(s, 50) * 1e6,
+            "p99_us": pct(s, 99) * 1e6, "n": len(s)}
+
+
+# -- c. batches ----------------------------------------------------------------------
+
+
+async def outpost_batches(path: Path, batches: int, writers: int) -> dict:
+    async with open_store(path, StoreOptions(map_size=256 << 20, map_size_max=8 << 30)) as store:
+        await store.append_many("bench/c0", [[SET, key_of(i), VALUE] for i in range(1000)])
+
+        async def writer(w: int) -> None:
+            for b in range(batches // writers):
+                base = b * 1000
+                await store.append_many(f"bench/c{w}",
+                                        [[SET, key_of(base + i), VALUE] for i in range(1000)])
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for w in range(writers):
+                nursery.start_soon(writer, w)
+        elapsed = time.perf_counter() - t0
+    records = (batches // writers) * writers * 1000
+    return {"records_per_s": records / elapsed, "records": records, "seconds": elapsed}
+
+
+# -- d. recovery ---------------------------------------------------------------------
+
+STREAM_D = "bench/d"
+
+
+async def build_recovery_store(path: Path, records: int, checkpoint_every: int | None) -> dict:
+    """`records` SET ops in the WAL of one state stream; optionally checkpoints (the exact
+    payload KeyValueState writes) every `checkpoint_every` ops, keeping the whole WAL."""
+    rng = random.Random(42)
+    data: dict = {}
+    opts = StoreOptions(map_size=1 << 30, map_size_max=16 << 30)
+    async with open_store(path, opts) as store:
+        done = 0
+        while done < records:
+            ops = [[SET, key_of(rng.randrange(KEYSPACE)), VALUE]
+                   for _ in range(min(10_000, records - done))]
+            await store.append_many(STREAM_D, ops)
+            if checkpoint_every:
+                for op in ops:
+                    apply_op(data, op)
+            done += len(ops)
+            if checkpoint_every and done % checkpoint_every == 0 and done < records:
+                await store.write_checkpoint(STREAM_D, done, codec.pack(
+                    data, codec.MAX_CHECKPOINT_BYTES), keep_tail=records)
+        ckpts = [seq for seq, _ in store.checkpoints(STREAM_D)]
+        wal = store.last_seq(STREAM_D) - store.first_seq(STREAM_D) + 1
+    return {"wal_records": wal, "checkpoints": ckpts,
+            "file_bytes": (path / "data.mdb").stat().st_size}
+
+
+def recover_in_child(path: Path) -> dict:
+    """Recovery in a fresh process: open + load the state. Times from the child's
+    own clock (open+load) and the parent's (exec to done, interpreter included)."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, __file__, "--recover-only", str(path)],
+                          capture_output=True, text=True, check=True, timeout=600)
+    wall = time.perf_counter() - t0
+    out = json.loads(done.stdout)
+    out["process_wall_s"] = wall
+    return out
+
+
+async def recover_only(path: Path) -> None:
+    t0 = time.perf_counter()
+    opts = StoreOptions(map_size=1 << 30, map_size_max=16 << 30)
+    async with open_store(path, opts) as store:
+        t_open = time.perf_counter() - t0
+        state = await KeyValueState.load(store, STREAM_D)
+        t_load = time.perf_counter() - t0
+        out = {"open_s": t_open, "open_and_load_s": t_load, "keys": len(state),
+               "applied_seq": state.applied_seq, "checkpoint_seq": state.checkpoint_seq,
+               "replayed": state.applied_seq - state.checkpoint_seq, "digest": state.digest()}
+    print(json.dumps(out))
+
+
+def redis_aof(path: Path, records: int, repeats: int) -> dict:
+    """Write an AOF of `records` SETs, then time Redis loading it at start-up."""
+    r = Redis(path, fsync="no")
+    r.start()
+    try:
+        redis_benchmark(r.sock, clients=10, requests=records, pipeline=1000)
+    finally:
+        r.stop()  # SHUTDOWN NOSAVE flushes the AOF; no rewrite (percentage 0)
+    aof_bytes = sum(f.stat().st_size for f in (path / "appendonlydir").iterdir())
+    loads, walls, keys = [], [], None
+    for _ in range(repeats):
+        r = Redis(path, fsync="no")
+        try:
+            walls.append(r.start())
+            loads.append(r.aof_load_seconds())
+            keys = int(r.command("DBSIZE").decode().strip().lstrip(":"))
+        finally:
+            r.stop()
+    return {"aof_load_s": statistics.median(x for x in loads if x is not None)
+            if any(x is not None for x in loads) else None,
+            "process_ready_s": statistics.median(walls), "aof_bytes": aof_bytes,
+            "keys": keys, "aof_load_runs_s": loads}
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the data")
+    parser.add_argument("--only", default="abcd", help="sections to run, e.g. 'ab'")
+    parser.add_argument("--recover-only", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.recover_only:
+        trio.run(recover_only, args.recover_only)
+        return 0
+
+    q = args.quick
+    sizes = {"a_seconds": 1.0 if q else 5.0, "b_writes": 300 if q else 3000,
+             "c_batches": 40 if q else 400, "d_records": 100_000 if q else 1_000_000,
+             "d_repeats": 1 if q else 3}
+    work = args.dir or Path(tempfile.mkdtemp(prefix="outpost-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "quick": q, "sizes": sizes, "dir": str(work), "machine": machine(work),
+        "load_avg_start": load_avg(),
+    }
+    redis_missing = ensure_redis() if set(args.only) & set("ad") else None
+    result["redis_unavailable"] = redis_missing
+    result["machine"]["redis"] = result["machine"]["redis"] or shutil.which("redis-server")
+    try:
+        if "a" in args.only:
+            result["a_concurrent_50_writers"] = section_a(work, sizes, redis_missing)
+        if "b" in args.only:
+            result["b_single_writer"] = section_b(work, sizes)
+        if "c" in args.only:
+            result["c_batches_of_1000"] = section_c(work, sizes)
+        if "d" in args.only:
+            result["d_recovery"] = section_d(work, sizes, redis_missing)
+    finally:
+        result["load_avg_end"] = load_avg()
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print_report(result)
+    return 0
+
+
+def section_a(work: Path, sizes: dict, redis_missing: str | None) -> dict:
+    secs = sizes["a_seconds"]
+    log(f"a: 50 concurrent writers, {secs}s each: outpost ...")
+    out = {"writers": 50, "seconds_each": secs, "load_avg_before": load_avg()}
+    o = trio.run(outpost_concurrent, work / "a-outpost", 50, secs)
+    out.update({f"outpost_{k}": v for k, v in o.items()})
+    if redis_missing is None:
+        log("a: redis (appendfsync always, unix socket, 50 clients, no pipelining) ...")
+        r = Redis(work / "a-redis", fsync="always")
+        r.start()
+        try:
+            # as many requests as outpost did in its time, at least a few seconds' worth
+            rb = redis_benchmark(r.sock, clients=50, requests=max(20_000, o["ops"]))
+        finally:
+            r.stop()
+        out.update({f"redis_{k}": v for k, v in rb.items()})
+    log("a: sqlite (WAL, synchronous=FULL, 50 threads) ...")
+    s = sqlite_concurrent(work / "a-sqlite", 50, secs)
+    out.update({f"sqlite_{k}": v for k, v in s.items()})
+    out["ratio_outpost_over_redis_ops_per_s"] = (
+        o["ops_per_s"] / out["redis_ops_per_s"] if "redis_ops_per_s" in out else None)
+    out["ratio_outpost_over_sqlite_ops_per_s"] = o["ops_per_s"] / s["ops_per_s"]
+    out["target_ratio_vs_redis_min"] = 1.0
+    out["target_outpost_p99_ms_max"] = 5.0
+    out["met_ratio_vs_redis"] = (out["ratio_outpost_over_redis_ops_per_s"] or 0) >= 1.0
+    out["met_p99"] = o["p99_ms"] <= 5.0
+    out["load_avg_after"] = load_avg()
+    return out
+
+
+def section_b(work: Path, sizes: dict) -> dict:
+    n = sizes["b_writes"]
+    log(f"b: one writer, {n} awaited writes: outpost, raw append+fsync, bare LMDB ...")
+    out: dict[str, Any] = {"writes": n, "load_avg_before": load_avg()}
+    o = trio.run(outpost_single, work / "b-outpost", n)
+    raw = raw_append(work / "b-raw-fsync.log", n, os.fsync)
+    rawd = raw_append(work / "b-raw-fdatasync.log", n, os.fdatasync)
+    bare = lmdb_raw_commit(work / "b-lmdb", n)
+    out.update({f"outpost_{k}": v for k, v in o.items() if k != "n"})
+    out.update({f"raw_append_fsync_{k}": v for k, v in raw.items() if k != "n"})
+    out.update({f"raw_append_fdatasync_{k}": v for k, v in rawd.items() if k != "n"})
+    out.update({f"bare_lmdb_sync_commit_{k}": v for k, v in bare.items() if k != "n"})
+    out["ratio_outpost_over_raw_fsync_mean"] = o["mean_us"] / raw["mean_us"]
+    out["ratio_outpost_over_raw_fdatasync_mean"] = o["mean_us"] / rawd["mean_us"]
+    out["ratio_bare_lmdb_commit_over_raw_fsync_mean"] = bare["mean_us"] / raw["mean_us"]
+    out["ratio_outpost_over_bare_lmdb_commit_mean"] = o["mean_us"] / bare["mean_us"]
+    out["target_ratio_vs_raw_fsync_max"] = 1.3
+    out["met"] = out["ratio_outpost_over_raw_fsync_mean"] <= 1.3
+    out["load_avg_after"] = load_avg()
+    return out
+
+
+def section_c(work: Path, sizes: dict) -> dict:
+    batches = sizes["c_batches"]
+    log(f"c: {batches} batches of 1000 records, 1 writer and 4 writers ...")
+    out: dict[str, Any] = {"batches": batches, "load_avg_before": load_avg()}
+    one = trio.run(outpost_batches, work / "c-1", batches, 1)
+    four = trio.run(outpost_batches, work / "c-4", batches, 4)
+    out["one_writer_records_per_s"] = one["records_per_s"]
+    out["four_writers_records_per_s"] = four["records_per_s"]
+    out["target_records_per_s_min"] = 500_000
+    out["met_one_writer"] = one["records_per_s"] >= 500_000
+    out["met_four_writers"] = four["records_per_s"] >= 500_000
+    out["load_avg_after"] = load_avg()
+    return out
+
+
+def section_d(work: Path, sizes: dict, redis_missing: str | None) -> dict:
+    records, repeats = sizes["d_records"], sizes["d_repeats"]
+    every = records // 10
+    out: dict[str, Any] = {"records": records, "repeats_median_of": repeats,
+                           "load_avg_before": load_avg()}
+    log(f"d: building a WAL of {records} SET ops (no checkpoint) ...")
+    out["full_replay_store"] = trio.run(build_recovery_store, work / "d-full", records, None)
+    log(f"d: building a WAL of {records} SET ops + a checkpoint every {every} ...")
+    out["checkpointed_store"] = trio.run(build_recovery_store, work / "d-ckpt", records, every)
+    full = [recover_in_child(work / "d-full") for _ in range(repeats)]
+    ckpt = [recover_in_child(work / "d-ckpt") for _ in range(repeats)]
+    assert full[0]["digest"] == ckpt[0]["digest"], "checkpoint + replay != full replay"
+    out["outpost_full_replay_open_and_load_s"] = statistics.median(
+        r["open_and_load_s"] for r in full)
+    out["outpost_full_replay_process_wall_s"] = statistics.median(
+        r["process_wall_s"] for r in full)
+    out["outpost_checkpoint_plus_tail_open_and_load_s"] = statistics.median(
+        r["open_and_load_s"] for r in ckpt)
+    out["outpost_checkpoint_plus_tail_process_wall_s"] = statistics.median(
+        r["process_wall_s"] for r in ckpt)
+    out["outpost_checkpoint_plus_tail_replayed_records"] = ckpt[0]["replayed"]
+    out["outpost_keys"] = full[0]["keys"]
+    out["digests_equal_full_vs_checkpoint"] = True
+    if redis_missing is None:
+        log(f"d: redis AOF of {records} SETs, load x{repeats} ...")
+        rd = redis_aof(work / "d-redis", records, repeats)
+        out.update({f"redis_{k}": v for k, v in rd.items()})
+        base = rd["aof_load_s"]
+        out["ratio_full_replay_over_redis_aof_load"] = (
+            out["outpost_full_replay_open_and_load_s"] / base if base else None)
+        out["ratio_checkpoint_plus_tail_over_redis_aof_load"] = (
+            out["outpost_checkpoint_plus_tail_open_and_load_s"] / base if base else None)
+        out["ratio_full_replay_process_over_redis_process"] = (
+            out["outpost_full_replay_process_wall_s"] / rd["process_ready_s"])
+        out["ratio_checkpoint_plus_tail_process_over_redis_process"] = (
+            out["outpost_checkpoint_plus_tail_process_wall_s"] / rd["process_ready_s"])
+    out["target_seconds_max"] = 1.0
+    for name in ("full_replay", "checkpoint_plus_tail"):
+        secs = out[f"outpost_{name}_open_and_load_s"]
+        ratio = out.get(f"ratio_{name}_over_redis_aof_load")
+        out[f"met_{name}"] = secs <= 1.0 and ratio is not None and ratio <= 1.0
+    out["load_avg_after"] = load_avg()
+    return out
+
+
+def print_report(r: dict) -> None:
+    m = r["machine"]
+    print(f"outpost store benchmark  {r['date_utc']}  quick={r['quick']}")
+    print(f"machine: {m['nproc']} cpu ({m['cpu_model']}), {m['mem_total']} RAM, "
+          f"fs: {m['bench_fs']}")
+    print(f"python {m['python']}, LMDB {m['lmdb']} (py-lmdb {m['py_lmdb']}), "
+          f"SQLite {m['sqlite']}, {m['redis']}")
+    print(f"load average at start {r['load_avg_start']}, at end {r['load_avg_end']}")
+    if r.get("redis_unavailable"):
+        print(f"Redis figures missing: {r['redis_unavailable']}")
+
+    def f(v: Any, spec: str = ".3g") -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    if a := r.get("a_concurrent_50_writers"):
+        print("\na. 50 concurrent writers, ack after fsync")
+        print(f"  outpost  {f(a['outpost_ops_per_s'], '.0f'):>8} ops/s  p50 "
+              f"{f(a['outpost_p50_ms'])} ms  p99 {f(a['outpost_p99_ms'])} ms  "
+              f"({f(a['outpost_ops_per_commit'], '.1f')} ops/commit)")
+        print(f"  redis    {f(a.get('redis_ops_per_s'), '.0f'):>8} ops/s  p50 "
+              f"{f(a.get('redis_p50_ms'))} ms  p99 {f(a.get('redis_p99_ms'))} ms")
+        print(f"  sqlite   {f(a['sqlite_ops_per_s'], '.0f'):>8} ops/s  p50 "
+              f"{f(a['sqlite_p50_ms'])} ms  p99 {f(a['sqlite_p99_ms'])} ms")
+        print(f"  outpost/redis {f(a['ratio_outpost_over_redis_ops_per_s'])}x (target >= 1.0: "
+              f"{'met' if a['met_ratio_vs_redis'] else 'MISSED'}), outpost/sqlite "
+              f"{f(a['ratio_outpost_over_sqlite_ops_per_s'])}x, p99 target <= 5 ms: "
+              f"{'met' if a['met_p99'] else 'MISSED'}")
+    if b := r.get("b_single_writer"):
+        print("\nb. one writer awaiting each write (mean / p50 / p99 us)")
+        for name, key in (("outpost", "outpost"), ("raw append+fsync", "raw_append_fsync"),
+                          ("raw append+fdatasync", "raw_append_fdatasync"),
+                          ("bare LMDB sync commit", "bare_lmdb_sync_commit")):
+            print(f"  {name:<22} {f(b[key + '_mean_us'], '.0f'):>6} / "
+                  f"{f(b[key + '_p50_us'], '.0f')} / {f(b[key + '_p99_us'], '.0f')}")
+        print(f"  outpost/raw fsync {f(b['ratio_outpost_over_raw_fsync_mean'])}x (target <= 1.3: "
+              f"{'met' if b['met'] else 'MISSED'}); bare LMDB/raw fsync "
+              f"{f(b['ratio_bare_lmdb_commit_over_raw_fsync_mean'])}x; outpost/bare LMDB "
+              f"{f(b['ratio_outpost_over_bare_lmdb_commit_mean'])}x")
+    if c := r.get("c_batches_of_1000"):
+        print("\nc. batches of 1000 records")
+        print(f"  one writer   {f(c['one_writer_records_per_s'], '.0f')} records/s")
+        print(f"  four writers {f(c['four_writers_records_per_s'], '.0f')} records/s  "
+              f"(target >= 500000: one {'met' if c['met_one_writer'] else 'MISSED'}, "
+              f"four {'met' if c['met_four_writers'] else 'MISSED'})")
+    if d := r.get("d_recovery"):
+        print(f"\nd. recovery of {d['records']} WAL records ({d['outpost_keys']} keys), "
+              f"median of {d['repeats_median_of']}")
+        print(f"  outpost full replay          {f(d['outpost_full_replay_open_and_load_s'])} s "
+              f"(process {f(d['outpost_full_replay_process_wall_s'])} s)")
+        print(f"  outpost checkpoint + {d['outpost_checkpoint_plus_tail_replayed_records']} tail "
+              f"{f(d['outpost_checkpoint_plus_tail_open_and_load_s'])} s (process "
+              f"{f(d['outpost_checkpoint_plus_tail_process_wall_s'])} s)")
+        print(f"  redis AOF load               {f(d.get('redis_aof_load_s'))} s (process "
+              f"{f(d.get('redis_process_ready_s'))} s)")
+        print(f"  full/redis {f(d.get('ratio_full_replay_over_redis_aof_load'))}x "
+              f"({'met' if d['met_full_replay'] else 'MISSED'}), checkpoint/redis "
+              f"{f(d.get('ratio_checkpoint_plus_tail_over_redis_aof_load'))}x "
+              f"({'met' if d['met_checkpoint_plus_tail'] else 'MISSED'}); target <= 1.0 s "
+              "and <= redis")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
