@@ -25,6 +25,7 @@ import array
 import contextlib
 import ctypes
 import errno
+import faulthandler
 import logging
 import os
 import select
@@ -217,6 +218,8 @@ def _agent_child(spec: dict[str, Any], fds: list[int], template_pid: int,
         for fd in (devnull, stdout, stderr):
             if fd > 2:
                 os.close(fd)
+        if faulthandler.is_enabled():  # a crash report goes to the agent's captured stderr
+            faulthandler.enable(file=sys.stderr)
         if spec.get("cwd"):
             os.chdir(spec["cwd"])
         if spec["kind"] == "exec":
