@@ -92,26 +92,28 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
         rows = rt.supervisor.status()
         if params.get("agent") is not None:
             name = _agent_name(rt, params)
-            rows = [r for r in rows if r["name"] == name]
-        return {"agents": rows}
+            return {"agents": [r for r in rows if r["name"] == name]}
+        groups = getattr(rt.supervisor, "groups_status", None)
+        return {"agents": rows, **({"groups": groups()} if groups is not None else {})}
 
     def agent_action(action: str) -> Handler:
         async def handler(params: dict[str, Any]) -> dict:
-            name = _agent_name(rt, params)
+            name = _str(params, "agent", required=True)  # an agent or a group
             fn = getattr(rt.supervisor, f"{action}_agent", None)
             if fn is None:
                 raise MethodError("not_available",
                                   f"this runtime's supervisor cannot {action} agents yet")
             try:
                 result = await _maybe_await(fn(name))
-            except KeyError:  # runtime.supervisor.UnknownAgentError: removed meanwhile
-                raise MethodError("not_found", f"no agent named {name!r}") from None
-            except ValueError as exc:  # e.g. already running / stopped
+            except KeyError as exc:  # runtime.supervisor.UnknownAgentError
+                message = str(exc) if type(exc) is not KeyError else f"no agent named {name!r}"
+                raise MethodError("not_found", message) from None
+            except ValueError as exc:  # e.g. a dependency that is not running
                 raise MethodError("failed", str(exc)) from None
             rows = [r for r in rt.supervisor.status() if r["name"] == name]
             return {"agent": name, "action": action, "result": _plain(result),
                     "status": rows[0] if rows else None}
-        handler.__doc__ = f"{action.capitalize()} one agent (params.agent)."
+        handler.__doc__ = f"{action.capitalize()} one agent or group (params.agent)."
         return handler
 
     async def state_get(params: dict[str, Any]) -> dict:
@@ -164,7 +166,7 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
             seq = await _maybe_await(mailboxes.send(name, params["message"], key=key))
         except KeyError:
             raise MethodError("not_found", f"agent {name!r} has no mailbox") from None
-        except (StoreError, ValueError) as exc:
+        except (StoreError, ValueError, TypeError) as exc:  # e.g. a message too large
             raise MethodError("failed", str(exc)) from None
         return {"agent": name, "seq": seq}
 

@@ -254,11 +254,13 @@ COMMANDS = {
 _USAGE_CODES = {"bad_params", "bad_config", "unknown_method"}
 
 
-def _fail(args: argparse.Namespace, code: int, message: str, error: str) -> int:
+def _fail(args: argparse.Namespace, code: int, message: str, error: str,
+          detail: str | None = None) -> int:
     """Report a failure on stderr, and (with --json) as {"error": ...} on stdout."""
     print(message, file=sys.stderr)
     if getattr(args, "json", False):
-        print(json.dumps({"error": {"code": error, "message": message}, "exit": code}))
+        print(json.dumps({"error": {"code": error, "message": detail or message},
+                          "exit": code}))
     return code
 
 
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, exc.code, str(exc), name)
     except RemoteError as exc:
         return _fail(args, EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED,
-                     f"outpost: {exc.code}: {exc}", exc.code)
+                     f"outpost: {exc.code}: {exc}", exc.code, str(exc))
     except NotRunningError as exc:  # the runtime went away in the middle of a call
         return _fail(args, EXIT_NOT_RUNNING, f"outpost: {exc}", "not_running")
     except ProtocolError as exc:
