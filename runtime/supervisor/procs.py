@@ -136,7 +136,12 @@ def kill_all(procs: list[psutil.Process]) -> None:
 
 
 class PidRecord:
-    """`<data_dir>/agent-pids.json`: {agent: [pid (= pgid), create_time]} of live agents."""
+    """`<data_dir>/agent-pids.json`: what a killed runtime's successor must end.
+
+    {agent: [pid (= its pgid), create_time, [[descendant pid, create_time], ...]]};
+    descendants are the ones seen by the health sampler, so a grandchild that
+    left the agent's process group (setsid) is found too once it was sampled.
+    """
 
     def __init__(self, data_dir: Path | None) -> None:
         self.path = None if data_dir is None else Path(data_dir) / PID_FILE
@@ -147,8 +152,15 @@ class PidRecord:
             created = psutil.Process(pid).create_time()
         except psutil.Error:
             created = 0.0
-        self.live[agent] = [pid, created]
+        self.live[agent] = [pid, created, []]
         self._save()
+
+    def set_descendants(self, agent: str, found: list[list]) -> None:
+        """Record `agent`'s current descendants ([pid, create_time] pairs) if they changed."""
+        entry = self.live.get(agent)
+        if entry is not None and sorted(entry[2]) != sorted(found):
+            entry[2] = found
+            self._save()
 
     def remove(self, agent: str) -> None:
         if self.live.pop(agent, None) is not None:
@@ -178,9 +190,18 @@ class PidRecord:
             recorded = json.loads(self.path.read_text())
         except (OSError, ValueError):
             recorded = {}
-        groups = {int(pid): float(created) for pid, created in recorded.values()}
+        groups, exact = {}, {}
+        for entry in recorded.values():
+            groups[int(entry[0])] = float(entry[1])
+            for pid, created in entry[2] if len(entry) > 2 else []:
+                exact[int(pid)] = float(created)
         killed = []
         for proc in psutil.process_iter(["pid", "create_time"]):
+            if exact.get(proc.pid) == proc.info["create_time"]:
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+                continue
             try:
                 pgid = os.getpgid(proc.pid)
             except OSError:

@@ -837,6 +837,8 @@ class Supervisor:
             if sample:
                 if now >= next_sample:
                     rss, cpu = self._sample(pid, tracked)
+                    self.pids.set_descendants(child.name, [
+                        [p, proc.create_time()] for p, proc in tracked.items() if p != pid])
                     child.memory_rss_bytes, child.cpu_percent = rss, cpu
                     for metric, value in (("memory_rss_bytes", rss), ("cpu_percent", cpu)):
                         gauge = self._gauge(f"{child.name}:{metric}")
