@@ -799,7 +799,7 @@ class Supervisor:
             pass
         except Exception as exc:  # a bad frame (possibly wrapped by the nursery)
             log.error("agent %s: channel error (%s): killing it", name, _exc_summary(exc))
-            self._emit("protocol-error", name, error=str(exc)[:200])
+            self._emit("protocol-error", name, error=_exc_summary(exc)[:200])
             if child.signal_instance is not None:
                 await child.signal_instance(signal.SIGKILL)
         finally:

@@ -201,3 +201,17 @@ async def test_unknown_agent_in_a_send_is_an_error(tmp_path: Path, n: int) -> No
     async with running(tmp_path, []) as h:
         with pytest.raises(UnknownAgentError):
             await h.mailboxes.send("nobody", "x")
+
+
+async def test_a_garbage_frame_kills_the_agent_not_the_runtime(tmp_path: Path,
+                                                              template: Template) -> None:
+    agent = tmp_path / "liar.py"
+    agent.write_text("async def run(ctx):\n"
+                     "    await ctx._channel._stream.send_all(b'\\xff\\xff\\xff\\xff')\n"
+                     "    import trio\n    await trio.sleep_forever()\n")
+    async with running(tmp_path, [proc(tmp_path, "liar", f"{agent}:run", max_restarts=0),
+                                  proc(tmp_path, "fine_auto")], template=template) as h:
+        await h.until(lambda: h.state("liar") == "failed", what="liar killed")
+        assert "frame" in h.of("protocol-error", "liar")[0]["error"]
+        assert h.of("exit", "liar")[0]["signal"] == 9
+        assert h.state("fine_auto") == "running"
