@@ -241,3 +241,27 @@ def test_not_running_and_usage_exit_codes(tmp_path: Path) -> None:
     bad_config = subprocess.run([*proc.command, "status", "--config", str(tmp_path / "no.toml")],
                                 capture_output=True, text=True, cwd=tmp_path)
     assert bad_config.returncode == 2
+
+
+def test_info_metrics_and_maintain_methods(rt: RuntimeProc) -> None:
+    from runtime.control import RemoteError
+
+    with rt.client() as c:
+        info = c.call("info")
+        assert info["pid"] == rt.proc.pid and info["uptime_s"] > 0
+        assert info["version"] and info["data_dir"].endswith("data")
+        assert info["agents"] == 2
+        text = c.call("metrics", format="prometheus")["text"]
+        assert 'agent="busy"' in text and "messages_in" in text
+        snap = c.call("metrics")["metrics"]
+        assert snap["busy:messages_in"]["kind"] == "counter"
+        with pytest.raises(RemoteError) as bad_format:
+            c.call("metrics", format="xml")
+        assert bad_format.value.code == "bad_params"
+        tasks = c.call("maintain")["tasks"]
+        assert "checkpoint" in tasks
+        with pytest.raises(RemoteError) as unknown:
+            c.call("maintain", task="defragment-the-moon")
+        assert unknown.value.code == "not_available" and "checkpoint" in str(unknown.value)
+        done = c.call("maintain", task="checkpoint", args={})
+        assert done["task"] == "checkpoint" and done["result"]["ok"] is True
