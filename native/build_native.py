@@ -4,7 +4,14 @@ setup.py names this file in `cffi_modules`, so `pip install` (and the venv helpe
 whenever native/* changes) builds `shm/_native.abi3.so` from native/outpost_native.c.
 """
 
+import re
+from pathlib import Path
+
 from cffi import FFI
+
+# One source of truth for the trampoline count: the header.
+_HEADER = (Path(__file__).resolve().parent / "outpost_native.h").read_text()
+TRAMPOLINES = int(re.search(r"^#define OP_TRAMP_COUNT (\d+)$", _HEADER, re.M).group(1))
 
 CDEF = """
 #define OP_SLOT_WORDS ...
@@ -40,7 +47,12 @@ int64_t op_seq_write(int64_t *rec, const char *src, size_t nbytes, int64_t pid,
 int op_seq_write_steal(int64_t *rec, const char *src, size_t nbytes, int64_t dead_pid,
                        int64_t pid);
 int op_seq_read(const int64_t *rec, char *dst, size_t nbytes, int64_t max_spins);
-"""
+
+#define OP_TRAMP_COUNT ...
+int op_tramp_claim(int64_t *p);
+int op_tramp_used(void);
+void op_noop(void);
+""" + "".join(f"void op_inc_t{k}(void);\n" for k in range(TRAMPOLINES))
 
 # cffi's generated wrapper for every function releases and re-takes the GIL and
 # saves/restores errno around the call (recompiler.py: Py_BEGIN_ALLOW_THREADS,
@@ -62,7 +74,11 @@ PREAMBLE = """
 #undef _cffi_save_errno
 #define _cffi_restore_errno() ((void)0)
 #define _cffi_save_errno() ((void)0)
-"""
+
+/* The cheapest call cffi can make (METH_NOARGS, no conversion, body inlined
+ * into the wrapper): the floor a trampoline is measured against. */
+static void op_noop(void) {}
+""" + "".join(f"OP_TRAMP_DEFINE({k})\n" for k in range(TRAMPOLINES))
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
