@@ -795,9 +795,12 @@ class Supervisor:
                         else:
                             await reply("err", req, f"unknown or malformed request {op!r}")
                 ops_send.close()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        except Exception as exc:  # a bad frame (possibly wrapped by the nursery)
+        except Exception as exc:  # possibly wrapped by the nursery
+            inner = exc
+            while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+                inner = inner.exceptions[0]
+            if isinstance(inner, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
+                return  # the agent went away: its exit is reported by the template
             log.error("agent %s: channel error (%s): killing it", name, _exc_summary(exc))
             self._emit("protocol-error", name, error=_exc_summary(exc)[:200])
             if child.signal_instance is not None:
