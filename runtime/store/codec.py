@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -24,10 +25,22 @@ _CKPT_VERSION = 1
 _CKPT_HEADER = struct.Struct(">4sBQQ32s")
 
 
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    # One reusable Packer per thread: packb() builds a new one per call, which
+    # costs more than packing a small record.
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+    return packer
+
+
 def pack(value: Any, limit: int = MAX_RECORD_BYTES) -> bytes:
     """msgpack `value`; StoreError if it is not plain data or larger than `limit`."""
     try:
-        data = msgpack.packb(value, use_bin_type=True)
+        data = _packer().pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise StoreError(f"value cannot be stored as msgpack: {exc}") from None
     if len(data) > limit:

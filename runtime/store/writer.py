@@ -55,12 +55,13 @@ class WriteOp:
     __slots__ = ("apply", "batch", "error", "on_durable", "result", "task")
 
     def __init__(self, apply: Callable[[Txn], Any],
-                 on_durable: Callable[[Any], None] | None = None) -> None:
+                 on_durable: Callable[[Any], None] | None = None,
+                 task: trio.lowlevel.Task | None = None) -> None:
         self.apply = apply
         self.on_durable = on_durable
         self.result: Any = None
         self.error: BaseException | None = None
-        self.task: trio.lowlevel.Task | None = None
+        self.task = task
         self.batch = 0
 
 
@@ -463,6 +464,7 @@ def _fail(ops: list[WriteOp], error: StoreError) -> None:
 def _complete(batch: list[WriteOp]) -> None:
     """Runs in the trio thread: acknowledge a committed (or failed) batch, in order."""
     reschedule = trio.lowlevel.reschedule
+    value = outcome.Value
     for op in batch:
         if op.error is None:
             if op.on_durable is not None:
@@ -470,8 +472,7 @@ def _complete(batch: list[WriteOp]) -> None:
                     op.on_durable(op.result)
                 except Exception:
                     log.exception("on_durable callback failed")
-            result: outcome.Outcome = outcome.Value(op.result)
-        else:
-            result = outcome.Error(op.error)
-        if op.task is not None:
-            reschedule(op.task, result)
+            if op.task is not None:
+                reschedule(op.task, value(op.result))
+        elif op.task is not None:
+            reschedule(op.task, outcome.Error(op.error))

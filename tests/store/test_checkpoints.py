@@ -327,3 +327,48 @@ async def test_zstd_level_is_used(data_dir: Path) -> None:
             sizes[level] = len(store.checkpoints("s")[0][1])
             assert await store.load_checkpoint("s") == (1, payload)
     assert sizes[19] < sizes[1]
+
+
+async def test_gap_or_damaged_record_in_the_middle_is_named(data_dir: Path) -> None:
+    async with open_store(data_dir) as store:
+        await store.append_many(STREAM, [["incr", "n", 1]] * 9000)
+        await store.append("zz-after", 1)  # a later stream right behind this one
+    key = STREAM.encode() + b"\0"
+    env = lmdb.open(str(data_dir), max_dbs=8)
+    wal = env.open_db(b"wal")
+    with env.begin(write=True, db=wal) as txn:
+        txn.delete(key + struct.pack(">Q", 5000))
+    env.close()
+    async with open_store(data_dir) as store:
+        with pytest.raises(StoreError, match="WAL jumps from seq 4999 to 5001"):
+            await KeyValueState.load(store, STREAM)
+        assert len(store.read(STREAM)) == 8999  # reads still work
+    env = lmdb.open(str(data_dir), max_dbs=8)
+    wal = env.open_db(b"wal")
+    with env.begin(write=True, db=wal) as txn:
+        txn.put(key + struct.pack(">Q", 5000), b"\xc1\xc1")  # not msgpack
+    env.close()
+    async with open_store(data_dir) as store:
+        with pytest.raises(StoreError, match="seq 5000: stored value is not valid msgpack"):
+            await KeyValueState.load(store, STREAM)
+
+
+async def test_replay_chunks_matches_read(data_dir: Path) -> None:
+    async with open_store(data_dir) as store:
+        await store.append_many("a", list(range(10_000)))
+        await store.append_many("b", ["x"] * 5)
+        runs: list[tuple[int, int]] = []
+        got: list[int] = []
+
+        def take(first: int, records: list) -> None:
+            runs.append((first, len(records)))
+            got.extend(records)
+
+        assert store.replay_chunks("a", 3, take, chunk=4096) == 10_000
+        assert got == list(range(2, 10_000))
+        assert runs == [(3, 4096), (4099, 4096), (8195, 1806)]
+        assert store.replay_chunks("a", 10_001, take) == 10_000
+        assert store.replay_chunks("none", 1, take) == 0
+        seen: list[tuple[int, object]] = []
+        assert store.replay("b", 1, lambda seq, rec: seen.append((seq, rec))) == 5
+        assert seen == store.read("b")
