@@ -23,6 +23,7 @@ from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec, Config
 from runtime.control import ControlServer
 from runtime.events import EventLog
+from runtime.maintain.disk import DiskGuard
 from runtime.maintain.online import register as register_maintenance
 from runtime.methods import control_methods
 from runtime.store import StateBook, Store, StoreOptions, open_store
@@ -58,6 +59,7 @@ class Runtime:
         # Maintenance the `maintain` control method can run inside the runtime, by
         # name (runtime.methods.MaintenanceTask); runtime/maintain registers its tasks.
         self.maintenance_tasks: dict[str, Any] = {}
+        self.disk_guard = DiskGuard(config, self.events, config.maintain["disk_check_interval_s"])
         register_maintenance(self)
         self.control: ControlServer | None = None  # set once the socket is served
         # Supervision: process/exec agents are forked by the template (started before trio).
@@ -135,6 +137,7 @@ async def _serve(rt: Runtime) -> None:
             nursery.start_soon(_on_signal, signals, rt.shutdown_requested)
             nursery.start_soon(rt.book.run)
             nursery.start_soon(rt.events.run)
+            nursery.start_soon(rt.disk_guard.run)
             rt.events.emit("runtime-start", None, pid=os.getpid(), version=__version__)
             if rt.template is not None:
                 await nursery.start(rt.template.run)

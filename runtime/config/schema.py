@@ -183,6 +183,7 @@ MAINTAIN_KEYS = {
     "disk_budget": K(SIZE, 1 << 30),
     "disk_critical_factor": K(_typed(int, float, expected="a number >= 1",
                                      check=lambda v: v >= 1), 1.25),
+    "disk_check_interval_s": K(_positive(), 30.0),
 }
 TOP_SECTIONS = ("runtime", "store", "shm", "control", "maintain", "supervisor", "groups",
                 "agents")
