@@ -388,6 +388,10 @@ class GroupCommitWriter:
                 op.error = error
             leftovers.append(op)
         self._inflight = None
+        if self._carry is not None:  # an exclusive op taken off the queue, not yet run
+            self._carry.error = error
+            leftovers.append(self._carry)
+            self._carry = None
         while True:
             try:
                 op = self._queue.get_nowait()
