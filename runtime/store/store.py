@@ -106,12 +106,22 @@ class StoreOptions:
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1 (2 allows fallback)")
 
 
-@functools.lru_cache(maxsize=4096)
 def _stream_key(stream: str) -> bytes:
-    raw = stream.encode("utf-8") if isinstance(stream, str) else b""
+    """The key prefix of `stream` (its UTF-8 name + NUL); StoreError for a bad name."""
+    if type(stream) is not str:
+        raise StoreError(f"stream name must be a string, got {type(stream).__name__}")
+    return _stream_key_of(stream)
+
+
+@functools.lru_cache(maxsize=4096)
+def _stream_key_of(stream: str) -> bytes:
+    try:
+        raw = stream.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = b""
     if not raw or len(raw) > _MAX_STREAM or b"\0" in raw:
-        raise StoreError(f"stream name must be a string of 1..{_MAX_STREAM} UTF-8 bytes "
-                         f"without NUL, got {stream!r}")
+        raise StoreError(f"stream name must be 1..{_MAX_STREAM} UTF-8 bytes without NUL, "
+                         f"got {stream!r}")
     return raw + b"\0"
 
 

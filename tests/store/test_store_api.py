@@ -126,6 +126,10 @@ async def test_bad_input_gets_an_error_saying_what_to_fix(data_dir: Path) -> Non
             await store.append("", 1)
         with pytest.raises(StoreError, match="stream name must be"):
             await store.append("a\0b", 1)
+        with pytest.raises(StoreError, match="stream name must be a string"):
+            await store.append(["not", "a", "name"], 1)  # type: ignore[arg-type]
+        with pytest.raises(StoreError, match="stream name must be"):
+            await store.append("x" * 201, 1)
         with pytest.raises(StoreError, match="cannot be stored as msgpack"):
             await store.append("s", object())
         with pytest.raises(StoreError, match="exceeds the 1000-byte limit"):
