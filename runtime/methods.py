@@ -193,17 +193,16 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
         backlog = _int(params, "backlog", 0, 0, FOLLOW_MAX_BACKLOG)
         if filters["since"] is not None and "backlog" not in params:
             backlog = FOLLOW_MAX_BACKLOG
-        # Subscribe before reading the backlog, so no event falls in between
-        # (duplicates are skipped by seq).
-        channel = rt.events.follow()
-
         def wanted(event: dict[str, Any]) -> bool:
             return (filters["agent"] is None or event["agent"] == filters["agent"]) and \
                 (filters["type"] is None or event["type"] == filters["type"]) and \
                 (filters["since"] is None or event["ts"] >= filters["since"])
 
         async def items() -> AsyncIterator[dict[str, Any]]:
-            with channel:
+            # Subscribe (here, so a stream never started leaves no subscriber behind)
+            # before reading the backlog: no event falls in between, and the
+            # duplicates are skipped by seq.
+            with rt.events.follow() as channel:
                 last = 0
                 if backlog:
                     for event in rt.events.query(**filters, limit=backlog):
@@ -280,6 +279,10 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
             rt.control.set_allowed(config.allowed_uids, config.allowed_gids)
         return {"config": str(path), **{k: list(v) for k, v in dict(changes).items()}}
 
+    async def ping(params: dict[str, Any]) -> dict:
+        """The cheapest answer there is: a liveness probe, and the transport's own cost."""
+        return {"pong": True}
+
     async def shutdown(params: dict[str, Any]) -> dict:
         """Stop the runtime cleanly (answers first, then stops)."""
         rt.shutdown_requested.set()
@@ -313,4 +316,5 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
         "reload": reload,
         "shutdown": shutdown,
         "info": info,
+        "ping": ping,
     }

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ _PEERCRED = struct.Struct("3i")
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _READ = 65536
 _DRAIN_S = 1.0  # how long a refused peer gets to take our error and hang up
+_REFUSAL_LOG_BURST = 20  # refusals logged per minute; the rest are counted
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -133,6 +135,8 @@ class ControlServer:
         self.active = 0  # connections being served now
         self.refused = 0  # connections refused (credentials or capacity)
         self.requests = 0  # requests dispatched, ever (lets tests see who calls how often)
+        self._refusal_window = -60.0
+        self._refusals_logged = self._refusals_unlogged = 0
 
     def set_allowed(self, uids: tuple[int, ...], gids: tuple[int, ...]) -> None:
         """Replace the configured allowed uids/gids (a reload applies [control] this way)."""
@@ -207,7 +211,7 @@ class ControlServer:
             return  # gone before we looked
         if not self.allows(peer):
             self.refused += 1
-            log.warning("control: refused connection from %s (not an allowed user)", peer)
+            self._log_refusal(peer)
             await self._refuse(stream, conn, "forbidden",
                                f"uid {peer.uid} may not control this runtime (it runs as uid "
                                f"{os.getuid()}); run as that user or root, or add the uid "
@@ -228,6 +232,21 @@ class ControlServer:
             await self._refuse(stream, conn, exc.code, str(exc))
         except trio.TooSlowError:
             log.info("control: closing connection from %s: too slow", peer)
+
+    def _log_refusal(self, peer: Peer) -> None:
+        """Log each refused peer, but at most _REFUSAL_LOG_BURST per minute: a
+        local user hammering the socket must not be able to fill the disk."""
+        now = time.monotonic()
+        if now - self._refusal_window >= 60.0:
+            if self._refusals_unlogged:
+                log.warning("control: %d more refused connection(s) not logged in the last "
+                            "minute", self._refusals_unlogged)
+            self._refusal_window, self._refusals_logged, self._refusals_unlogged = now, 0, 0
+        if self._refusals_logged < _REFUSAL_LOG_BURST:
+            self._refusals_logged += 1
+            log.warning("control: refused connection from %s (not an allowed user)", peer)
+        else:
+            self._refusals_unlogged += 1
 
     async def _refuse(self, stream: trio.SocketStream, conn: Connection, code: str,
                       message: str) -> None:

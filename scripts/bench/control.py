@@ -43,11 +43,11 @@ TARGET_RATE_RATIO = 4.0
 # -- workers (run as separate processes) ---------------------------------------------
 
 
-def _outpost_call(path: str):
+def _outpost_call(path: str, method: str = "status"):
     from runtime.control import ControlClient
 
     client = ControlClient(path)
-    return lambda: client.call("status")
+    return lambda: client.call(method)
 
 
 def _supervisord_call(path: str):
@@ -63,7 +63,12 @@ def _supervisord_call(path: str):
 def worker(system: str, path: str, start_at: float, seconds: float, out: str) -> None:
     """Call in a closed loop from `start_at` (CLOCK_MONOTONIC, shared by processes)
     for `seconds`; write each call's latency in ns to `out`."""
-    call = _outpost_call(path) if system == "outpost" else _supervisord_call(path)
+    if system == "outpost":
+        call = _outpost_call(path)
+    elif system == "outpost-ping":  # the transport alone: the cheapest method there is
+        call = _outpost_call(path, "ping")
+    else:
+        call = _supervisord_call(path)
     call()  # connect and warm up before the clock starts
     while time.monotonic() < start_at:
         call()
@@ -223,6 +228,9 @@ def main() -> int:
                     "outpost", outpost_sock, clients, args.seconds, tmp)
                 results[f"supervisord_{clients}_client"] = measure(
                     "supervisord", supervisord_sock, clients, args.seconds, tmp)
+            # Context for what bounds status: the same round trip with no work in it.
+            results["outpost_ping_1_client"] = measure(
+                "outpost-ping", outpost_sock, 1, args.seconds, tmp)
         finally:
             for proc in (outpost, supervisord):
                 proc.terminate()
@@ -260,6 +268,9 @@ def main() -> int:
             print(f"{system:<12} {clients:>7} {r['requests_per_s']:>10.0f} "
                   f"{r['latency_p50_ms']:>9.4f} {r['latency_p99_ms']:>9.4f} "
                   f"{r['latency_mean_ms']:>9.4f}")
+    r = results["outpost_ping_1_client"]
+    print(f"{'(ping)':<12} {1:>7} {r['requests_per_s']:>10.0f} {r['latency_p50_ms']:>9.4f} "
+          f"{r['latency_p99_ms']:>9.4f} {r['latency_mean_ms']:>9.4f}   outpost transport only")
     print()
     for clients in (1, 8):
         print(f"{clients} client(s): outpost/supervisord rate "

@@ -13,8 +13,9 @@ COUNTER = agent_block("counter", str(ROOT / "examples" / "agents" / "counter.py"
 
 
 def count(rt: RuntimeProc) -> int:
+    """The counter agent's durable count (0 before its first increment)."""
     with rt.client() as c:
-        return c.call("state.get", agent="counter", key="count")["value"]
+        return c.call("state.get", agent="counter")["state"].get("count", 0)
 
 
 def check_undisturbed(rt: RuntimeProc, before: dict, count_before: int) -> None:

@@ -342,3 +342,14 @@ async def test_closing_right_after_connect_costs_nothing(served) -> None:
     assert (await c.call("echo")).result == {}
     assert c.conn.next_event() is NEED_DATA
     c.close()
+
+
+def test_refusals_are_logged_but_not_without_bound(caplog: pytest.LogCaptureFixture) -> None:
+    server = ControlServer(Path("/nonexistent"), {})
+    with caplog.at_level("WARNING", logger="outpost.control"):
+        for i in range(25):
+            server._log_refusal(Peer(100 + i, 4242, 4242))
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 20
+    assert "pid 100 uid 4242 gid 4242" in logged[0]
+    assert server._refusals_unlogged == 5  # counted, summarised once the minute is over
