@@ -210,6 +210,8 @@ def main() -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(), "programs": args.programs,
         "supervisor_version": supervisor_version, "seconds_per_measurement": args.seconds,
+        # Other work on the machine skews every figure: say how busy it was.
+        "load_average_1m_before": os.getloadavg()[0],
     }
     with tempfile.TemporaryDirectory(prefix="outpost-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -238,6 +240,7 @@ def main() -> int:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+    results["load_average_1m_after"] = os.getloadavg()[0]
     for clients in (1, 8):
         o, s = results[f"outpost_{clients}_client"], results[f"supervisord_{clients}_client"]
         results[f"rate_ratio_outpost_over_supervisord_{clients}_client"] = \
@@ -259,7 +262,9 @@ def main() -> int:
     m = results["machine"]
     print(f"{results['benchmark']}\n{results['date']}  {m['cpu']} x{m['cpus']}, "
           f"Linux {m['kernel']}, Python {m['python']}, supervisor "
-          f"{supervisor_version}, {args.programs} programs, {args.seconds}s per run\n")
+          f"{supervisor_version}, {args.programs} programs, {args.seconds}s per run, "
+          f"load average {results['load_average_1m_before']:.2f} before, "
+          f"{results['load_average_1m_after']:.2f} after\n")
     print(f"{'system':<12} {'clients':>7} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
           f"{'mean ms':>9}")
     for clients in (1, 8):

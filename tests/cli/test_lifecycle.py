@@ -118,10 +118,24 @@ def test_send_puts_a_message_in_the_mailbox(tmp_path: Path, start_runtime) -> No
     assert unknown.returncode == 1 and "no agent named 'nope'" in unknown.stderr
 
 
-def test_shutdown_alias_stops_cleanly(tmp_path: Path, start_runtime) -> None:
+def test_shutdown_alias_stops_cleanly_and_followers_end(tmp_path: Path,
+                                                        start_runtime) -> None:
     rt = start_runtime(write_config(tmp_path, BUSY))
     rt.wait_running("busy")
+    watchers = {name: subprocess.Popen([*rt.command, *args, "--config", str(rt.config)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       text=True, cwd=tmp_path)
+                for name, args in (("top", ["top", "--json", "-d", "0.1"]),
+                                   ("follow", ["events", "-f"]))}
+    with rt.client() as c:
+        wait_for(lambda: c.call("info")["control"]["connections"] >= 3,
+                 what="top and the follower connected")
     result = run_json(rt, "shutdown")
     assert result == {"stopped": True, "pid": rt.proc.pid}
     assert rt.proc.wait(timeout=30) == 0
     assert not rt.socket.exists()
+    # Neither hangs on a runtime that is gone: top says so (exit 3), a follower ends.
+    top, follow = watchers["top"], watchers["follow"]
+    assert top.wait(timeout=30) == 3 and "went away" in top.stderr.read()
+    assert follow.wait(timeout=30) in (0, 3)
+    assert "runtime" in follow.stderr.read()
