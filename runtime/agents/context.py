@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,6 +64,9 @@ class AgentMetrics:
         return made
 
 
+_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class CountingState:
     """`ctx.state`: the agent's KeyValueState, counting durable writes in shared memory.
 
@@ -119,11 +123,18 @@ class AgentContext:
     def __init__(self, name: str, state: KeyValueState, segment: Segment,
                  mailboxes: Any = None) -> None:
         self.name = name
-        self.metrics = AgentMetrics(segment, name)
-        self.state = CountingState(state, self.metrics.counter("state_writes"))
+        # Metric objects outlive an instance: a restart must not rescan the segment.
+        per_segment = _SLOTS.setdefault(segment, {})
+        made = per_segment.get(name)
+        if made is None:
+            metrics = AgentMetrics(segment, name)
+            made = per_segment[name] = (metrics, Heartbeat(segment, f"{name}:heartbeat"),
+                                        metrics.counter("state_writes"))
+        self.metrics, self._heartbeat, writes = made
+        self.state = CountingState(state, writes)
         self.log = logging.getLogger(f"outpost.agent.{name}")
-        self._heartbeat = Heartbeat(segment, f"{name}:heartbeat")
         self.is_ready = trio.Event()
+        self.on_ready: Callable[[], None] | None = None  # the supervisor's hook
         self._mailboxes = mailboxes
         self._inbox = None
 
@@ -133,7 +144,10 @@ class AgentContext:
 
     def ready(self) -> None:
         """Signal readiness: agents that depend on this one may start."""
-        self.is_ready.set()
+        if not self.is_ready.is_set():
+            self.is_ready.set()
+            if self.on_ready is not None:
+                self.on_ready()
 
     @property
     def inbox(self):

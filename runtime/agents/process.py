@@ -174,37 +174,72 @@ def _read_hello(sock: socket.socket) -> dict:
             return got[0][2]
 
 
-def agent_main(spec: dict[str, Any], channel_fd: int) -> int:
-    """Run the agent `spec["entry"]` in this process; the exit code for the template."""
-    name = spec["name"]
-    logging.basicConfig(level=spec.get("log_level", "INFO").upper(), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+def _prepare(spec: dict[str, Any], sock: socket.socket,
+             segment: Segment | None) -> tuple[Any, ProcessContext, _Channel]:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    root.setLevel(spec.get("log_level", "INFO").upper())
+    if segment is None:
+        segment = Segment.attach(spec["segment"], writable=True)
+    main = load_entry(spec["entry"])
+    hello = _read_hello(sock)  # sent before the fork: already in the socket buffer
+    channel = _Channel(sock)
+    return main, ProcessContext(spec["name"], channel, segment, hello["state"]), channel
+
+
+async def _run(main: Any, ctx: ProcessContext, channel: _Channel) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(channel.run_reader)
+        await main(ctx)
+        nursery.cancel_scope.cancel()
+
+
+def _report(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # the agent's own error, not trio's wrapping
+    traceback.print_exception(exc)
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _finish(sock: socket.socket, summary: str | None) -> None:
+    try:
+        sock.setblocking(True)
+        sock.sendall(encode(["exit", 0, summary]))
+    except OSError:
+        pass
+
+
+def agent_main(spec: dict[str, Any], channel_fd: int, segment: Segment | None = None) -> int:
+    """Run the agent `spec["entry"]` in this process; the exit code for the template.
+
+    `segment` is the mapping the template attached (inherited by the fork);
+    without it the agent attaches the segment itself.
+    """
     sock = socket.socket(fileno=channel_fd)
     summary = None
     try:
-        hello = _read_hello(sock)
-        segment = Segment.attach(spec["segment"], writable=True)
-        main = load_entry(spec["entry"])
-        channel = _Channel(sock)
-        ctx = ProcessContext(name, channel, segment, hello["state"])
-
-        async def run() -> None:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(channel.run_reader)
-                await main(ctx)
-                nursery.cancel_scope.cancel()
-
-        trio.run(run)
+        main, ctx, channel = _prepare(spec, sock, segment)
+        trio.run(_run, main, ctx, channel)
         return 0
     except BaseException as exc:
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]  # the agent's own error, not trio's wrapping
-        summary = f"{type(exc).__name__}: {exc}"[:500]
-        traceback.print_exception(exc)
+        summary = _report(exc)
         return 1
     finally:
-        try:
-            sock.setblocking(True)
-            sock.sendall(encode(["exit", 0, summary]))
-        except OSError:
-            pass
+        _finish(sock, summary)
+
+
+async def agent_main_async(spec: dict[str, Any], channel_fd: int,
+                           segment: Segment | None = None) -> int:
+    """`agent_main` inside an already running trio loop (a spare of the template)."""
+    sock = socket.socket(fileno=channel_fd)
+    summary = None
+    try:
+        main, ctx, channel = _prepare(spec, sock, segment)
+        await _run(main, ctx, channel)
+        return 0
+    except BaseException as exc:
+        summary = _report(exc)
+        return 1
+    finally:
+        _finish(sock, summary)

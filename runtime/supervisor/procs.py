@@ -163,8 +163,9 @@ class PidRecord:
             self._save()
 
     def remove(self, agent: str) -> None:
-        if self.live.pop(agent, None) is not None:
-            self._save()
+        """Forget an agent that exited. Not written at once (off the restart path): a
+        stale entry is harmless, the sweep checks start times."""
+        self.live.pop(agent, None)
 
     def _save(self) -> None:
         if self.path is None:

@@ -556,28 +556,31 @@ class Supervisor:
             return Exit(True, f"could not start: {_exc_summary(exc)}",
                         exception=_exc_summary(exc))
         self._started(child, os.getpid(), report)
+        if getattr(ctx, "is_ready", None) is not None and ctx.is_ready.is_set():
+            self._mark_ready(child, "ctx.ready()")
+        else:
+            ctx.on_ready = lambda: self._mark_ready(child, "ctx.ready()")
         exit: Exit | None = None
-        async with trio.open_nursery() as helpers:
-            async def on_ready() -> None:
-                await ctx.is_ready.wait()
-                self._mark_ready(child, "ctx.ready()")
-            helpers.start_soon(on_ready)
-            helpers.start_soon(self._watchdog, child, None)
-            with trio.CancelScope() as scope:
-                child.scope = scope
-                try:
+        with trio.CancelScope() as scope:
+            child.scope = scope
+            try:
+                if spec.heartbeat_timeout_s or spec.max_runtime_s:
+                    async with trio.open_nursery() as helpers:
+                        helpers.start_soon(self._watchdog, child, None)
+                        await main(ctx)
+                        helpers.cancel_scope.cancel()
+                else:  # no helper task: the fastest restart path
                     await main(ctx)
-                    exit = Exit(False, "returned")
-                except Exception as exc:
-                    log.debug("agent %s raised", child.name, exc_info=True)
-                    exit = Exit(True, f"raised {_exc_summary(exc)}", exception=_exc_summary(exc))
-            child.scope = None
-            if exit is None:
-                if child.kill_reason is not None:
-                    exit = Exit(True, f"cancelled by the supervisor: {child.kill_reason}")
-                else:
-                    exit = Exit(False, "stopped", stopped=True)
-            helpers.cancel_scope.cancel()
+                exit = Exit(False, "returned")
+            except Exception as exc:
+                log.debug("agent %s raised", child.name, exc_info=True)
+                exit = Exit(True, f"raised {_exc_summary(exc)}", exception=_exc_summary(exc))
+        child.scope = None
+        if exit is None:
+            if child.kill_reason is not None:
+                exit = Exit(True, f"cancelled by the supervisor: {child.kill_reason}")
+            else:
+                exit = Exit(False, "stopped", stopped=True)
         return exit
 
     def _output_sink(self, child: Child) -> tuple[Callable[[str, bytes], None], Any]:
@@ -625,6 +628,13 @@ class Supervisor:
                 f"{spec.name}-{self._notify_seq}")
             if spec.heartbeat_timeout_s:
                 env["WATCHDOG_USEC"] = str(int(spec.heartbeat_timeout_s * 1e6))
+        hello = b""
+        if mine is not None:  # in the socket buffer before the fork: no round trip
+            state = await self.book.open(state_stream(spec.name))
+            hello = encode(["hello", 0, {"state": state.to_dict()}])
+            mine.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                hello = hello[mine.send(hello):]
         try:
             pid = await self.template.spawn(request, fds)
         except Exception as exc:
@@ -642,6 +652,10 @@ class Supervisor:
                 theirs.close()
         self._started(child, pid, report)
         template = self.template
+        try:  # the kernel tells us of the exit directly, without the template's round trip
+            pidfd = os.pidfd_open(pid) if spec.kind == "process" else None
+        except OSError:
+            pidfd = None
 
         async def signal_instance(signum: int) -> None:
             await template.signal(pid, signum)
@@ -662,7 +676,8 @@ class Supervisor:
                 helpers.start_soon(pump, out_r, "stdout", drained[0])
                 helpers.start_soon(pump, err_r, "stderr", drained[1])
                 if mine is not None:
-                    helpers.start_soon(self._serve_channel, child, mine, reported, drained[2])
+                    helpers.start_soon(self._serve_channel, child, mine, reported, drained[2],
+                                       hello)
                 else:
                     drained[2].set()
                     helpers.start_soon(self._serve_notify, child, notify, pid)
@@ -670,7 +685,7 @@ class Supervisor:
                         self._mark_ready(child, "start")
                 helpers.start_soon(self._watchdog, child, pid)
                 try:
-                    code, signum = await template.wait_exit(pid)
+                    code, signum = await self._wait_exit(pid, pidfd, reported, drained[2])
                 finally:
                     child.signal_instance = None
                     if code is None and signum is None:  # cancelled while it runs: kill it
@@ -687,6 +702,8 @@ class Supervisor:
                 logfile.close()
             if notify is not None:
                 notify.close()
+            if pidfd is not None:
+                os.close(pidfd)
         exception = reported.get("exception")
         if child.kill_reason is not None:
             return Exit(True, f"killed by the supervisor: {child.kill_reason}", code, signum,
@@ -700,6 +717,24 @@ class Supervisor:
             return Exit(False, "exited 0", 0, None, None, child.stopping)
         summary = f"raised {exception}" if exception else f"exited {code}"
         return Exit(not child.stopping, summary, code, None, exception, child.stopping)
+
+    async def _wait_exit(self, pid: int, pidfd: int | None, reported: dict,
+                         channel_done: trio.Event) -> tuple[int | None, int | None]:
+        """(code, signal) of agent `pid` once it has exited.
+
+        A process agent's last frame says whether it returned or raised, which
+        fixes its exit code (agent_main returns 0 or 1); with that and the pidfd
+        turning readable (the process is gone) the template's report is not
+        waited for. Anything else (a signal, os._exit) comes from the template.
+        """
+        if pidfd is not None:
+            await trio.lowlevel.wait_readable(pidfd)
+            with trio.move_on_after(0.05):
+                await channel_done.wait()
+            if "exception" in reported:
+                self.template.forget(pid)
+                return (0 if reported["exception"] is None else 1), None
+        return await self.template.wait_exit(pid)
 
     async def _serve_notify(self, child: Child, sock: Any, pgid: int) -> None:
         """sd_notify from an exec agent: READY=1, WATCHDOG=1, STATUS=..., STOPPING=1."""
@@ -723,7 +758,7 @@ class Supervisor:
         await procs.read_notify(sock, pgid, on_field)
 
     async def _serve_channel(self, child: Child, sock: socket.socket, reported: dict,
-                             done: trio.Event) -> None:
+                             done: trio.Event, hello_rest: bytes = b"") -> None:
         """A process agent's requests: state ops (in order), sends, receives, acks, ready."""
         name = child.name
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
@@ -741,7 +776,8 @@ class Supervisor:
                     async with lock:
                         await stream.send_all(encode([kind, req, value]))
 
-            await stream.send_all(encode(["hello", 0, {"state": state.to_dict()}]))
+            if hello_rest:  # what of the hello did not fit in the socket buffer
+                await stream.send_all(hello_rest)
             ops_send, ops_recv = trio.open_memory_channel(math.inf)
 
             async def state_worker() -> None:
@@ -782,8 +818,8 @@ class Supervisor:
                             ops_send.send_nowait((req, *args))
                         elif op == "ready":
                             self._mark_ready(child, "ctx.ready()")
-                        elif op == "exit":
-                            reported["exception"] = args[0] if args else None
+                        elif op == "exit" and len(args) == 1:
+                            reported["exception"] = args[0]
                         elif op == "send" and len(args) == 3 and self.mailboxes is not None:
                             to, msg, key = args
                             nursery.start_soon(call, req, lambda to=to, msg=msg, key=key:

@@ -32,6 +32,7 @@ import select
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -43,6 +44,7 @@ log = logging.getLogger("outpost.template")
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_PACKET = 1 << 20
+_SPARE_DELAY_S = 0.01  # idle time after a spawn before the next spare is forked
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -120,6 +122,8 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
     # Terminal signals are for the runtime; the template ends when the runtime does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _warm_up()
+    segments: dict[str, Any] = {}  # attached once here, inherited by every agent
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -127,6 +131,23 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     me = os.getpid()
     agents: set[int] = set()
+    # A spare: forked and isolated ahead of time, blocked until it is given an agent,
+    # so a restart does not wait for a fork (the next spare is forked after replying).
+    spare: list = []
+
+    def fork_spare() -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            mine.close()
+            theirs.close()
+            return
+        if pid == 0:
+            mine.close()
+            _spare_main(theirs, me, [sock.fileno(), wake_r, wake_w], segments)
+        theirs.close()
+        spare[:] = [pid, mine]
 
     def send(msg: list) -> None:
         with contextlib.suppress(OSError):
@@ -140,18 +161,27 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
                 return
             if pid == 0:
                 return
+            if spare and pid == spare[0]:
+                spare[1].close()
+                spare.clear()
             if pid in agents:  # grandchildren we adopted are reaped silently
                 agents.discard(pid)
                 code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
                 signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
                 send(["exit", pid, code, signum])
 
+    spare_due: float | None = None
     while True:
         reap()
+        timeout = None if spare_due is None else max(0.0, spare_due - time.monotonic())
         try:
-            readable, _, _ = select.select([sock, wake_r], [], [])
+            readable, _, _ = select.select([sock, wake_r], [], [], timeout)
         except InterruptedError:
             continue
+        if spare_due is not None and not readable and time.monotonic() >= spare_due:
+            spare_due = None
+            if not spare:
+                fork_spare()
         if wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 while os.read(wake_r, 512):
@@ -166,6 +196,9 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
             for pid in agents:
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
+            if spare:
+                with contextlib.suppress(OSError):
+                    os.kill(spare[0], signal.SIGKILL)
             return 0
         try:
             msg = msgpack.unpackb(data, raw=False)
@@ -176,18 +209,36 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
             continue
         if op == "spawn":
             _, req, spec = msg
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                send(["spawn-failed", req, f"fork failed: {exc}"])
-                pid = -1
-            if pid == 0:
-                _agent_child(spec, fds, me, [sock.fileno(), wake_r, wake_w])
+            new_segment = spec.get("segment") and spec["segment"] not in segments
+            if new_segment:
+                segments[spec["segment"]] = _attach(spec["segment"])
+            pid = -1
+            if spare and not new_segment:  # (a spare forked before the attach lacks it)
+                pid, channel = spare
+                spare.clear()
+                try:
+                    socket.send_fds(channel, [msgpack.packb(spec, use_bin_type=True)], fds)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                    pid = -1
+                channel.close()
+            if pid < 0:
+                try:
+                    pid = os.fork()
+                except OSError as exc:
+                    send(["spawn-failed", req, f"fork failed: {exc}"])
+                    pid = -1
+                if pid == 0:
+                    spec["_segment"] = segments.get(spec.get("segment"))
+                    _agent_child(spec, fds, me, [sock.fileno(), wake_r, wake_w])
             for fd in fds:
                 os.close(fd)
             if pid > 0:
                 agents.add(pid)
                 send(["spawned", req, pid])
+            # The next spare is forked once the new agent had its moment (idle CPU).
+            spare_due = time.monotonic() + _SPARE_DELAY_S
         elif op == "signal":
             _, pid, signum = msg
             for fd in fds:
@@ -197,43 +248,123 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
                     os.killpg(pid, signum)
 
 
+def _attach(path: str) -> Any:
+    """The runtime's segment, mapped read-write (None if it cannot be: the agent retries)."""
+    from shm import Segment
+    try:
+        return Segment.attach(path, writable=True)
+    except Exception:
+        return None
+
+
+def _warm_up() -> None:
+    """Do once here what every agent would otherwise do after its fork.
+
+    One trio.run (its lazy set-up), the logging handler on stderr (fd 2 is the
+    agent's pipe after the fork), the source lines of the frames every agent
+    traceback goes through, and gc.freeze() so the collector does not touch
+    (and copy-on-write) the template's objects in every child.
+    """
+    import gc
+    import linecache
+
+    import runtime.agents.process as agent_process
+    trio.run(trio.sleep, 0)
+    logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s",
+                        force=True)
+    for module in (agent_process, trio._core._run, contextlib):
+        with contextlib.suppress(Exception):
+            linecache.getlines(module.__file__)
+    gc.freeze()
+
+
+def _isolate(template_pid: int, close: list[int]) -> None:
+    """In a fresh fork: own session and process group, die with the template, clean slate."""
+    os.setsid()
+    die_with_parent(template_pid)
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    for fd in close:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _wire(spec: dict[str, Any], fds: list[int]) -> None:
+    """stdin from /dev/null, stdout/stderr to the runtime's pipes, the working directory."""
+    stdout, stderr, *_ = fds
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    for fd in (devnull, stdout, stderr):
+        if fd > 2:
+            os.close(fd)
+    if faulthandler.is_enabled():  # a crash report goes to the agent's captured stderr
+        faulthandler.enable(file=sys.stderr)
+    if spec.get("cwd"):
+        os.chdir(spec["cwd"])
+
+
+def _become(spec: dict[str, Any], fds: list[int]) -> int:
+    """Wire up the fds, then exec the command or run the Python agent."""
+    _wire(spec, fds)
+    if spec["kind"] == "exec":
+        env = exec_environment({**os.environ, **spec.get("env", {})})
+        argv = spec["argv"]
+        try:
+            os.execvpe(argv[0], argv, env)  # noqa: S606 - argv from the config
+        except OSError as exc:
+            os.write(2, f"outpost: cannot execute {argv[0]!r}: {exc.strerror}\n".encode())
+            return 127 if exc.errno == errno.ENOENT else 126
+    os.environ.update(spec.get("env", {}))
+    from runtime.agents.process import agent_main
+    return agent_main(spec, fds[2], spec.pop("_segment", None))
+
+
+async def _spare_wait(channel: socket.socket, segments: dict[str, Any]) -> int:
+    await trio.lowlevel.wait_readable(channel.fileno())
+    data, fds, _, _ = socket.recv_fds(channel, _MAX_PACKET, 8)
+    channel.close()
+    if not data:  # the template is gone or done
+        return 0
+    spec = msgpack.unpackb(data, raw=False)
+    if spec["kind"] == "exec":
+        return _become(spec, fds)
+    _wire(spec, fds)
+    os.environ.update(spec.get("env", {}))
+    from runtime.agents.process import agent_main_async
+    return await agent_main_async(spec, fds[2], segments.get(spec.get("segment")))
+
+
 def _agent_child(spec: dict[str, Any], fds: list[int], template_pid: int,
                  close: list[int]) -> None:
     """In the freshly forked agent: isolate, wire up fds, then exec or run the agent."""
     code = 70
     try:
-        os.setsid()
-        die_with_parent(template_pid)
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
-        for fd in close:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        stdout, stderr, *rest = fds
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(stdout, 1)
-        os.dup2(stderr, 2)
-        for fd in (devnull, stdout, stderr):
-            if fd > 2:
-                os.close(fd)
-        if faulthandler.is_enabled():  # a crash report goes to the agent's captured stderr
-            faulthandler.enable(file=sys.stderr)
-        if spec.get("cwd"):
-            os.chdir(spec["cwd"])
-        if spec["kind"] == "exec":
-            env = exec_environment({**os.environ, **spec.get("env", {})})
-            argv = spec["argv"]
-            try:
-                os.execvpe(argv[0], argv, env)  # noqa: S606 - argv from the config
-            except OSError as exc:
-                os.write(2, f"outpost: cannot execute {argv[0]!r}: {exc.strerror}\n".encode())
-                code = 127 if exc.errno == errno.ENOENT else 126
-        else:
-            os.environ.update(spec.get("env", {}))
-            from runtime.agents.process import agent_main
-            code = agent_main(spec, rest[0])
+        _isolate(template_pid, close)
+        code = _become(spec, fds)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _spare_main(channel: socket.socket, template_pid: int, close: list[int],
+                segments: dict[str, Any]) -> None:
+    """A spare: isolated now, waits for its agent's spec and fds, then becomes it.
+
+    It waits inside trio.run, so a Python agent starts in a loop that is already
+    up (trio's start-up is not on the restart path).
+    """
+    code = 70
+    try:
+        _isolate(template_pid, close)
+        code = trio.run(_spare_wait, channel, segments)
     except BaseException:
         with contextlib.suppress(Exception):
             traceback.print_exc()
@@ -267,6 +398,7 @@ class TemplateClient:
         self._spawns: dict[int, list] = {}
         self._exits: dict[int, tuple[int | None, int | None]] = {}
         self._exit_waiters: dict[int, trio.Event] = {}
+        self._forgotten: set[int] = set()
         self._send_lock = trio.Lock()
         self.gone = False
 
@@ -281,6 +413,9 @@ class TemplateClient:
                 msg = msgpack.unpackb(data, raw=False)
                 if msg[0] == "exit":
                     _, pid, code, signum = msg
+                    if pid in self._forgotten:
+                        self._forgotten.discard(pid)
+                        continue
                     self._exits[pid] = (code, signum)
                     waiter = self._exit_waiters.pop(pid, None)
                     if waiter is not None:
@@ -328,6 +463,11 @@ class TemplateClient:
             event = self._exit_waiters.setdefault(pid, trio.Event())
             await event.wait()
         return self._exits.pop(pid)
+
+    def forget(self, pid: int) -> None:
+        """Nobody will wait for `pid`'s exit report: drop it (now or when it comes)."""
+        if self._exits.pop(pid, None) is None:
+            self._forgotten.add(pid)
 
     async def signal(self, pid: int, signum: int) -> None:
         """Send `signum` to the process group of agent `pid` (ignored once it was reaped)."""
