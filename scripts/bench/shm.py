@@ -4,10 +4,19 @@
 
 Every case runs the same loop shape, `for _ in range(n): <op>`, `repeat` times with
 the GC off; figures are the median ns per iteration (the min is reported too).
-Cases: the bare loop; Counter.inc as agents write it (`c.inc()`), bound to a
-local (`inc()`) and as the bare cffi call (`f, p = c.native()`; `f(p)`);
-Counter.add; a C-level loop through the
-extension (the floor: one atomic add per iteration, no Python); mp.Value with its
+Repetitions are interleaved (round r times every case once before round r + 1), and
+a ratio is the median over rounds of the two cases' figures from the same round, so
+a burst of load from other processes on the machine lands on both sides of a ratio
+rather than on one case's block. `ratios_of_min` divides the minima (the least
+disturbed figures) for comparison.
+Cases: the bare loop; Counter.inc as agents write it (`c.inc()`, a zero-argument
+native trampoline), bound to a local (`inc()`) and as the one-argument cffi call
+(`f, p = c.native()`; `f(p)`); the path inc had before trampolines and still has
+when a process's pool is used up (`functools.partial` over the pointer, on a
+__slots__ instance, as `o.inc()`); the floors of a zero-argument cffi call
+(`lib.op_noop`, which does nothing: bound to a local, and as `o.f()` on a
+__slots__ instance, the shape of `c.inc()`); Counter.add; a C-level loop through
+the extension (one atomic add per iteration, no Python); mp.Value with its
 lock; prometheus_client Counter.inc in single-process mode and, in a child
 process with PROMETHEUS_MULTIPROC_DIR set, multiprocess mode; Heartbeat.beat;
 Record read and write; Gauge.set; Histogram.observe. Then `--procs` processes
@@ -34,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,19 +61,37 @@ TARGETS = {  # ratio name -> (comparison, bound)
 }
 
 
+def timed_once(case: Callable[[int], object], n: int) -> float:
+    """ns per iteration of one run of `case(n)`, with the GC off."""
+    gc.disable()
+    try:
+        t0 = time.perf_counter_ns()
+        case(n)
+        return (time.perf_counter_ns() - t0) / n
+    finally:
+        gc.enable()
+
+
 def timed(case: Callable[[int], object], n: int, repeat: int) -> list[float]:
     """ns per iteration of `case(n)`, one figure per repetition."""
-    case(min(n, 10_000))  # warm up caches and lazy imports
-    out = []
+    return timed_rounds({"case": case}, n, repeat)["case"]
+
+
+def timed_rounds(cases: dict[str, Callable[[int], object]], n: int,
+                 repeat: int) -> dict[str, list[float]]:
+    """Per case, ns per iteration in each of `repeat` rounds; every round runs every case."""
+    for case in cases.values():
+        case(min(n, 10_000))  # warm up caches and lazy imports
+    out: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeat):
-        gc.disable()
-        try:
-            t0 = time.perf_counter_ns()
-            case(n)
-            out.append((time.perf_counter_ns() - t0) / n)
-        finally:
-            gc.enable()
+        for name, case in cases.items():
+            out[name].append(timed_once(case, n))
     return out
+
+
+def paired_ratio(samples: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of samples[num][r] / samples[den][r]."""
+    return statistics.median(a / b for a, b in zip(samples[num], samples[den], strict=True))
 
 
 def ensure_prometheus_client() -> str:
@@ -89,6 +117,15 @@ def _dist_version(name: str) -> str:
 # -- cases ------------------------------------------------------------------------
 
 
+class _Slots:
+    """An object holding one callable in a slot, as Counter holds inc."""
+
+    __slots__ = ("f",)
+
+    def __init__(self, f: Callable[[], object]) -> None:
+        self.f = f
+
+
 def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
     c = Counter(seg, "bench:counter")
     hb = Heartbeat(seg, "bench:heartbeat")
@@ -98,6 +135,9 @@ def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
     rec.write(bytes(range(64)))
     payload = bytes(64)
     native_inc, ptr = c.native()
+    # The pre-trampoline inc, also the fallback once the pool is used up (shm/metrics.py).
+    partial_inc = _Slots(partial(lib.op_inc_i64, ptr))
+    noop_attr = _Slots(lib.op_noop)
 
     def bare_loop(n: int) -> None:
         for _ in range(n):
@@ -110,6 +150,18 @@ def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
     def counter_inc_bound(n: int, inc: Callable[[], None] = c.inc) -> None:
         for _ in range(n):
             inc()
+
+    def counter_inc_partial(n: int, o: _Slots = partial_inc) -> None:
+        for _ in range(n):
+            o.f()
+
+    def noop_call(n: int, f: Callable[[], None] = lib.op_noop) -> None:
+        for _ in range(n):
+            f()  # the cheapest zero-argument cffi call: nothing but the call
+
+    def noop_attr_call(n: int, o: _Slots = noop_attr) -> None:
+        for _ in range(n):
+            o.f()  # the same call in the shape of c.inc(): attribute lookup + call
 
     def counter_add(n: int, c: Counter = c) -> None:
         for _ in range(n):
@@ -142,9 +194,14 @@ def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
         for _ in range(n):
             h.observe(0.05)
 
-    return {f.__name__: f for f in (
-        bare_loop, counter_inc, counter_inc_bound, counter_add, counter_native, c_loop_floor,
+    if c.trampoline is None:
+        print("bench: this process has no free Counter.inc trampoline: counter_inc measures "
+              "the partial fallback", file=sys.stderr)
+    cases = {f.__name__: f for f in (
+        bare_loop, counter_inc, counter_inc_bound, counter_native, counter_inc_partial,
+        noop_call, noop_attr_call, counter_add, c_loop_floor,
         heartbeat_beat, record_read, record_write, gauge_set, histogram_observe)}
+    return cases, c.trampoline
 
 
 def mp_value_case() -> Callable[[int], object]:
@@ -261,10 +318,10 @@ def main() -> int:
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="outpost-bench-", dir=base) as d:
         seg = Segment.create(Path(d) / "bench.shm", 64)
-        cases = our_cases(seg)
+        cases, trampoline = our_cases(seg)
         cases["mp_value_lock"] = mp_value_case()
         cases["prometheus_single"] = prometheus_case()
-        samples = {name: timed(case, args.n, args.repeat) for name, case in cases.items()}
+        samples = timed_rounds(cases, args.n, args.repeat)
         samples["prometheus_multiprocess"], prom_mp_class = \
             prometheus_multiprocess(args.n, args.repeat)
         lost = lost_updates(seg, args.procs, 1_000_000)
@@ -272,15 +329,23 @@ def main() -> int:
     load_after = os.getloadavg()
 
     med = {k: statistics.median(v) for k, v in samples.items()}
-    ratios = {
-        "counter_inc_over_bare_loop": med["counter_inc"] / med["bare_loop"],
-        "counter_inc_bound_over_bare_loop": med["counter_inc_bound"] / med["bare_loop"],
-        "counter_native_over_bare_loop": med["counter_native"] / med["bare_loop"],
-        "mp_value_lock_over_counter_inc": med["mp_value_lock"] / med["counter_inc"],
-        "prometheus_single_over_counter_inc": med["prometheus_single"] / med["counter_inc"],
-        "prometheus_multiprocess_over_counter_inc":
-            med["prometheus_multiprocess"] / med["counter_inc"],
+    pairs = {  # ratio name -> (numerator case, denominator case)
+        "counter_inc_over_bare_loop": ("counter_inc", "bare_loop"),
+        "counter_inc_bound_over_bare_loop": ("counter_inc_bound", "bare_loop"),
+        "counter_native_over_bare_loop": ("counter_native", "bare_loop"),
+        "counter_inc_partial_over_bare_loop": ("counter_inc_partial", "bare_loop"),
+        "noop_call_over_bare_loop": ("noop_call", "bare_loop"),
+        "noop_attr_call_over_bare_loop": ("noop_attr_call", "bare_loop"),
+        "counter_inc_partial_over_counter_inc": ("counter_inc_partial", "counter_inc"),
+        "counter_inc_over_noop_attr_call": ("counter_inc", "noop_attr_call"),
+        "mp_value_lock_over_counter_inc": ("mp_value_lock", "counter_inc"),
+        "prometheus_single_over_counter_inc": ("prometheus_single", "counter_inc"),
+        "prometheus_multiprocess_over_counter_inc": ("prometheus_multiprocess", "counter_inc"),
     }
+    # prometheus_multiprocess ran in a child process, not in the rounds: ratio of medians.
+    ratios = {name: paired_ratio(samples, a, b) if "prometheus_multiprocess" not in (a, b)
+              else med[a] / med[b] for name, (a, b) in pairs.items()}
+    ratios_of_min = {name: min(samples[a]) / min(samples[b]) for name, (a, b) in pairs.items()}
     targets = {}
     for name, (op, bound) in TARGETS.items():
         value = ratios[name]
@@ -298,11 +363,14 @@ def main() -> int:
         "repetitions": args.repeat,
         "prometheus_client_version": prom_version,
         "prometheus_multiprocess_value_class": prom_mp_class,
+        "counter_inc_path": "partial (no free trampoline)" if trampoline is None
+        else f"trampoline op_inc_t{trampoline}",
         "median_ns_per_iteration": med,
         "min_ns_per_iteration": {k: min(v) for k, v in samples.items()},
         "net_ns_per_op_over_bare_loop": {k: v - med["bare_loop"] for k, v in med.items()
                                          if k not in ("bare_loop", "c_loop_floor")},
         "ratios": ratios,
+        "ratios_of_min": ratios_of_min,
         "targets": targets,
         "lost_update_check": lost,
     }
@@ -311,12 +379,14 @@ def main() -> int:
         return 0
     print(f"{result['command']}  ({result['date_utc']}, load {load_before} -> "
           f"{result['load_average_1_5_15_after']})")
+    print(f"counter_inc path: {result['counter_inc_path']}")
     print(f"{'case':28} {'median ns/iter':>15} {'min ns/iter':>12}")
     for name in samples:
         print(f"{name:28} {med[name]:15.1f} {min(samples[name]):12.1f}")
     print()
+    print(f"{'ratio':44} {'paired median':>14} {'of minima':>10}")
     for name, value in ratios.items():
-        print(f"{name:44} {value:8.2f}x")
+        print(f"{name:44} {value:13.2f}x {ratios_of_min[name]:9.2f}x")
     print()
     for name, t in targets.items():
         print(f"target {name}: {t['target']}, got {t['value']:.2f}: "
