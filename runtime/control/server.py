@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import socket
 import struct
@@ -268,11 +269,22 @@ class ControlServer:
                     break
                 dropped += len(data)
 
-    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
-        with trio.fail_after(self.limits.send_timeout_s):
-            await stream.send_all(data)
+    async def _send(self, stream: trio.SocketStream, data: bytes,
+                    timer: trio.CancelScope) -> None:
+        timer.deadline = trio.current_time() + self.limits.send_timeout_s
+        await stream.send_all(data)
+        timer.deadline = math.inf
 
     async def _converse(self, stream: trio.SocketStream, conn: Connection) -> None:
+        # One cancel scope per connection whose deadline is moved around each
+        # wait (cheaper than a scope per read and per write on the hot path).
+        with trio.CancelScope() as timer:
+            await self._converse_timed(stream, conn, timer)
+        if timer.cancelled_caught:
+            raise trio.TooSlowError
+
+    async def _converse_timed(self, stream: trio.SocketStream, conn: Connection,
+                              timer: trio.CancelScope) -> None:
         limits = self.limits
         hello_deadline = trio.current_time() + limits.hello_timeout_s
         frame_deadline: float | None = None
@@ -281,35 +293,36 @@ class ControlServer:
             if event is NEED_DATA:
                 # Absolute deadlines: trickling one byte at a time does not extend them.
                 if not conn.handshaken:
-                    deadline = hello_deadline
+                    timer.deadline = hello_deadline
                 elif conn.buffered:
                     if frame_deadline is None:
                         frame_deadline = trio.current_time() + limits.frame_timeout_s
-                    deadline = frame_deadline
+                    timer.deadline = frame_deadline
                 else:
-                    deadline = trio.current_time() + limits.idle_timeout_s
-                with trio.fail_at(deadline):
-                    conn.receive_data(await stream.receive_some(_READ))
+                    timer.deadline = trio.current_time() + limits.idle_timeout_s
+                conn.receive_data(await stream.receive_some(_READ))
+                timer.deadline = math.inf
                 continue
             frame_deadline = None
             if event is CLOSED:
                 return
             if isinstance(event, Hello):
-                await self._send(stream, conn.send(Hello(server=f"outpost {__version__}")))
+                await self._send(stream, conn.send(Hello(server=f"outpost {__version__}")),
+                                 timer)
                 continue
             assert isinstance(event, Request)
             answer = await self._dispatch(event)
             if isinstance(answer, Stream):
-                await self._stream(stream, conn, event.id, answer)
+                await self._stream(stream, conn, event.id, answer, timer)
                 continue
             try:
                 reply = conn.send(answer)
             except ProtocolError as exc:  # e.g. a result larger than a frame
                 reply = conn.send(ErrorResponse(event.id, exc.code, str(exc)))
-            await self._send(stream, reply)
+            await self._send(stream, reply, timer)
 
     async def _stream(self, stream: trio.SocketStream, conn: Connection, req_id: int,
-                      source: Stream) -> None:
+                      source: Stream, timer: trio.CancelScope) -> None:
         """Send `source`'s items until it ends, fails, or the client goes away."""
         peer_gone = False
         failure: BaseException | None = None
@@ -335,19 +348,20 @@ class ControlServer:
                 try:
                     item = await items.__anext__()
                 except StopAsyncIteration:
-                    await self._send(stream, conn.send(StreamEnd(req_id)))
+                    await self._send(stream, conn.send(StreamEnd(req_id)), timer)
                     return
                 except Exception as exc:
                     code, message = _error_of(exc, "stream")
-                    await self._send(stream, conn.send(ErrorResponse(req_id, code, message)))
+                    await self._send(stream, conn.send(ErrorResponse(req_id, code, message)),
+                                     timer)
                     return
                 try:
                     data = conn.send(StreamItem(req_id, item))
                 except ProtocolError as exc:  # an item too large for a frame
                     await self._send(stream, conn.send(ErrorResponse(req_id, exc.code,
-                                                                     str(exc))))
+                                                                     str(exc))), timer)
                     return
-                await self._send(stream, data)
+                await self._send(stream, data, timer)
 
         try:
             async with trio.open_nursery() as nursery:
