@@ -137,6 +137,7 @@ def event_line(event: dict[str, Any]) -> str:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    """`outpost agent start|stop|restart NAME`: one supervisor action, then the new row."""
     result = _call(args, f"agent.{args.action}", agent=args.agent)
     row = result.get("status") or {}
     done = {"start": "started", "stop": "stopped", "restart": "restarted"}[args.action]
@@ -149,6 +150,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_state_set(args: argparse.Namespace) -> int:
+    """`outpost state set AGENT KEY VALUE`: answered once the write is durable."""
     value = parse_value(args.value, args.string)
     result = _call(args, "state.set", agent=args.agent, key=args.key, value=value)
     _emit(args, result, f"{args.agent}: {args.key} = {json.dumps(result['value'])}")
@@ -156,6 +158,7 @@ def cmd_state_set(args: argparse.Namespace) -> int:
 
 
 def cmd_state_delete(args: argparse.Namespace) -> int:
+    """`outpost state delete AGENT KEY`: durable, like set."""
     result = _call(args, "state.delete", agent=args.agent, key=args.key)
     _emit(args, result, f"{args.agent}: {args.key} deleted" if result["deleted"]
           else f"{args.agent}: {args.key} was not set")
@@ -163,6 +166,7 @@ def cmd_state_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    """`outpost send AGENT MESSAGE [--key K]`: into the durable mailbox; prints the seq."""
     params: dict[str, Any] = {"agent": args.agent,
                               "message": parse_value(args.message, args.string)}
     if args.key is not None:
@@ -186,6 +190,8 @@ def _event_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    """`outpost events`: a query; with -f, the newest few then every new one, live,
+    until Ctrl-C or the runtime stops (JSON: one object per line)."""
     params = _event_params(args)
     if args.limit is not None and args.limit < (0 if args.follow else 1):
         raise CliError("outpost: --limit must be at least 1", EXIT_USAGE)
@@ -212,12 +218,14 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
+    """`outpost checkpoint`: checkpoint every changed state now (e.g. before a backup)."""
     result = _call(args, "checkpoint")
     _emit(args, result, f"checkpointed {result['checkpoints_written']} state stream(s)")
     return EXIT_OK
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    """`outpost reload`: the runtime re-reads its config file and says what changed."""
     result = _call(args, "reload")
     parts = [f"{what} {', '.join(result.get(what) or []) or '-'}"
              for what in ("added", "removed", "changed", "unchanged")]
@@ -226,6 +234,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    """`outpost top`: see runtime.cli.top."""
     from runtime.cli.top import run_top
 
     if args.interval <= 0 or (args.iterations is not None and args.iterations < 1):
