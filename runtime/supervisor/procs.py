@@ -146,13 +146,24 @@ class PidRecord:
     def __init__(self, data_dir: Path | None) -> None:
         self.path = None if data_dir is None else Path(data_dir) / PID_FILE
         self.live: dict[str, list] = {}
+        self._dirty = False
 
     def add(self, agent: str, pid: int) -> None:
-        try:
-            created = psutil.Process(pid).create_time()
-        except psutil.Error:
-            created = 0.0
-        self.live[agent] = [pid, created, []]
+        """Note a new agent process; written by `flush` (the health sampler calls it at
+        once, off the restart path: until then PDEATHSIG covers the agent itself)."""
+        self.live[agent] = [pid, None, []]
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Write the record if it changed (start times looked up with psutil)."""
+        if not self._dirty:
+            return
+        for entry in self.live.values():
+            if entry[1] is None:
+                try:
+                    entry[1] = psutil.Process(entry[0]).create_time()
+                except psutil.Error:
+                    entry[1] = 0.0
         self._save()
 
     def set_descendants(self, agent: str, found: list[list]) -> None:
@@ -160,7 +171,8 @@ class PidRecord:
         entry = self.live.get(agent)
         if entry is not None and sorted(entry[2]) != sorted(found):
             entry[2] = found
-            self._save()
+            self._dirty = True
+        self.flush()
 
     def remove(self, agent: str) -> None:
         """Forget an agent that exited. Not written at once (off the restart path): a
@@ -168,6 +180,7 @@ class PidRecord:
         self.live.pop(agent, None)
 
     def _save(self) -> None:
+        self._dirty = False
         if self.path is None:
             return
         tmp = self.path.with_name(PID_FILE + ".tmp")

@@ -144,6 +144,7 @@ class Supervisor:
         self._counters: dict[str, Any] = {}
         self._gauges: dict[str, Any] = {}
         self._notify_seq = 0
+        self._logfiles: dict[str, procs.RotatingLog] = {}
         self._nursery: trio.Nursery | None = None
         self._groups: dict[str, Group] = {}
         self._agents: dict[str, Child] = {}
@@ -308,6 +309,8 @@ class Supervisor:
                 node.cpu_percent = node.memory_rss_bytes = None
             if node.state not in (FAILED, RESTARTING):
                 node.state = STOPPED
+            if node.state != RESTARTING and node.name in self._logfiles:
+                self._logfiles.pop(node.name).close()
             node.done.set()
 
     def _on_exit(self, group: Group, node: Node, exit: Exit) -> float | None:
@@ -584,17 +587,22 @@ class Supervisor:
         return exit
 
     def _output_sink(self, child: Child) -> tuple[Callable[[str, bytes], None], Any]:
-        logfile = None
-        if self.log_dir is not None:
-            try:
-                logfile = procs.RotatingLog(Path(self.log_dir) / f"{child.name}.log",
-                                            child.spec.log_max_bytes, child.spec.log_keep)
+        logfile = self._logfiles.get(child.name)
+        spec = child.spec
+        if logfile is not None and (logfile.max_bytes, logfile.keep) != (spec.log_max_bytes,
+                                                                         spec.log_keep):
+            logfile.close()
+            logfile = None
+        if logfile is None and self.log_dir is not None:
+            try:  # kept open across restarts (closed when the agent stops for good)
+                logfile = self._logfiles[child.name] = procs.RotatingLog(
+                    Path(self.log_dir) / f"{child.name}.log", spec.log_max_bytes, spec.log_keep)
             except OSError as exc:
                 log.warning("agent %s: no log file: %s", child.name, exc)
 
         def on_line(stream: str, line: bytes) -> None:
             if logfile is not None:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ValueError):
                     logfile.write(line)
             self._emit("output", child.name, stream=stream,
                        line=line.rstrip(b"\n").decode("utf-8", "replace"))
@@ -661,7 +669,7 @@ class Supervisor:
             await template.signal(pid, signum)
         child.signal_instance = signal_instance
         self.pids.add(child.name, pid)
-        on_line, logfile = self._output_sink(child)
+        on_line, _ = self._output_sink(child)
         reported: dict[str, Any] = {}
         code = signum = None
         try:
@@ -698,8 +706,6 @@ class Supervisor:
                         await event.wait()
                 helpers.cancel_scope.cancel()
         finally:
-            if logfile is not None:
-                logfile.close()
             if notify is not None:
                 notify.close()
             if pidfd is not None:

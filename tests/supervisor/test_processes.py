@@ -66,14 +66,26 @@ async def test_segfault_is_contained_and_reported(tmp_path: Path, template: Temp
 async def test_zero_zombies_after_200_crash_restart_cycles(tmp_path: Path,
                                                            template: Template) -> None:
     spec = proc(tmp_path, "c", fixture("crash_now.py"), max_restarts=10_000)
+    most_zombies = 0
+
+    def cycles_done(h) -> bool:
+        nonlocal most_zombies
+        most_zombies = max(most_zombies, len(zombies_of(template.pid)))
+        return len(h.of("exit", "c")) >= 200
     async with running(tmp_path, [spec], root={"max_restarts": 10_000},
                        template=template) as h:
-        await h.until(lambda: len(h.of("exit", "c")) >= 200, timeout=90, what="200 cycles")
+        await h.until(lambda: cycles_done(h), timeout=90, what="200 cycles")
         pids = {e["pid"] for e in h.of("start", "c")}
     assert len(pids) >= 200
-    # Every one of them reaped: no zombie under the template, none left at all.
+    # Reaped promptly: at any moment at most the one that just exited awaits its reaping...
+    assert most_zombies <= 1, most_zombies
+    # ...and in the end every one of them is reaped: no zombie, none left at all.
+    deadline = time.monotonic() + 2
+    while (zombies_of(template.pid) or any(psutil.pid_exists(p) for p in pids)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert zombies_of(template.pid) == [] and zombies_of(os.getpid()) == []
-    assert all(not psutil.pid_exists(p) for p in pids)
+    assert [p for p in pids if psutil.pid_exists(p)] == []
 
 
 async def test_grandchildren_are_gone_after_stop(tmp_path: Path, template: Template) -> None:
@@ -213,5 +225,6 @@ async def test_a_garbage_frame_kills_the_agent_not_the_runtime(tmp_path: Path,
                                   proc(tmp_path, "fine_auto")], template=template) as h:
         await h.until(lambda: h.state("liar") == "failed", what="liar killed")
         assert "frame" in h.of("protocol-error", "liar")[0]["error"]
-        assert h.of("exit", "liar")[0]["signal"] == 9
+        # Killed, or gone on its own first: its channel was closed on it.
+        assert h.of("exit", "liar")[0]["failed"]
         assert h.state("fine_auto") == "running"
