@@ -125,3 +125,19 @@ def test_status_rows_for_process_and_exec_agents(tmp_path: Path, start_runtime) 
     metrics = json.loads(rt.cli("metrics", "--json").stdout)["metrics"]
     assert "forker:memory_rss_bytes" in metrics and "forker:heartbeat" in metrics
     assert rt.terminate() == 0
+
+
+def test_the_supervision_example_runs(tmp_path: Path, start_runtime) -> None:
+    import shutil
+
+    from tests.runtime_proc import ROOT
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    rt = start_runtime(tmp_path / "examples" / "supervision.toml")
+    rt.wait_running("ticker")
+    rows = {r["name"]: r for r in rt.try_status()["agents"]}
+    assert {n: (r["kind"], r["group"]) for n, r in rows.items()} == {
+        "counter": ("task", "/"), "sensor": ("process", "/sensing"),
+        "ticker": ("exec", "/sensing")}
+    wait_for(lambda: json.loads(rt.cli("state", "get", "sensor", "samples", "--json").stdout
+                                or "{}").get("value", 0) >= 1, what="a durable sample")
+    assert rt.terminate() == 0
