@@ -674,26 +674,23 @@ class Supervisor:
         code = signum = None
         try:
             async with trio.open_nursery() as helpers:
-                drained = [trio.Event(), trio.Event(), trio.Event()]
-
-                async def pump(fd: int, stream: str, done: trio.Event) -> None:
-                    try:
-                        await procs.pump_lines(fd, stream, on_line)
-                    finally:
-                        done.set()
-                helpers.start_soon(pump, out_r, "stdout", drained[0])
-                helpers.start_soon(pump, err_r, "stderr", drained[1])
+                channel_done = trio.Event()
+                # Output is pumped until EOF outside this instance: its last lines (a
+                # traceback, say) never hold up the restart.
+                assert self._nursery is not None
+                self._nursery.start_soon(procs.pump_lines, out_r, "stdout", on_line)
+                self._nursery.start_soon(procs.pump_lines, err_r, "stderr", on_line)
                 if mine is not None:
-                    helpers.start_soon(self._serve_channel, child, mine, reported, drained[2],
+                    helpers.start_soon(self._serve_channel, child, mine, reported, channel_done,
                                        hello)
                 else:
-                    drained[2].set()
+                    channel_done.set()
                     helpers.start_soon(self._serve_notify, child, notify, pid)
                     if not spec.notify:
                         self._mark_ready(child, "start")
                 helpers.start_soon(self._watchdog, child, pid)
                 try:
-                    code, signum = await self._wait_exit(pid, pidfd, reported, drained[2])
+                    code, signum = await self._wait_exit(pid, pidfd, reported, channel_done)
                 finally:
                     child.signal_instance = None
                     if code is None and signum is None:  # cancelled while it runs: kill it
@@ -702,8 +699,7 @@ class Supervisor:
                             code, signum = await template.wait_exit(pid)
                 self.pids.remove(child.name)
                 with trio.move_on_after(OUTPUT_GRACE_S):
-                    for event in drained:
-                        await event.wait()
+                    await channel_done.wait()  # its last frame (the exception) is in
                 helpers.cancel_scope.cancel()
         finally:
             if notify is not None:

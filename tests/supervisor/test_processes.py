@@ -197,7 +197,8 @@ async def test_exec_agent_missing_program_and_shutdown_timeout_kill(
     async with running(tmp_path, specs, template=template) as h:
         await h.until(lambda: h.state("missing") == "failed")
         assert h.of("exit", "missing")[0]["code"] == 127
-        assert any("cannot execute" in e["line"] for e in h.of("output", "missing"))
+        await h.until(lambda: any("cannot execute" in e["line"]
+                                  for e in h.of("output", "missing")))
         await h.until(lambda: h.of("output", "stubborn"))
         t0 = time.monotonic()
         await h.sup.stop_agent("stubborn")
