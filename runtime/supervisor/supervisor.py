@@ -390,6 +390,9 @@ class Supervisor:
             await node.done.wait()
             await trio.sleep(delay)
             if group.stop_request.is_set() or group.gave_up.is_set():
+                for other in affected:
+                    if other.state == RESTARTING and not other.running_runner:
+                        other.state = STOPPED
                 return
             for other in affected:
                 if other.user_stopped or other.running_runner or other.state == FAILED:
