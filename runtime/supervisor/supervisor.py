@@ -64,7 +64,7 @@ log = logging.getLogger("outpost.supervisor")
 MakeContext = Callable[[AgentSpec], Awaitable[Any]]
 SAMPLE_INTERVAL_S = 0.5  # psutil sampling of process/exec agents (>= 1 Hz)
 CPU_BREACH_SAMPLES = 2  # consecutive samples above cpu_max before it counts as a breach
-OUTPUT_GRACE_S = 0.2  # after an exit, how long to wait for its last output lines
+CHANNEL_GRACE_S = 0.2  # after an exit, how long to wait for its last frame (its exception)
 
 
 class Group(Node):
@@ -701,7 +701,7 @@ class Supervisor:
                             await template.signal(pid, signal.SIGKILL)
                             code, signum = await template.wait_exit(pid)
                 self.pids.remove(child.name)
-                with trio.move_on_after(OUTPUT_GRACE_S):
+                with trio.move_on_after(CHANNEL_GRACE_S):
                     await channel_done.wait()  # its last frame (the exception) is in
                 helpers.cancel_scope.cancel()
         finally:

@@ -13,6 +13,12 @@ with the runtime. The template is a child subreaper: grandchildren orphaned by
 an agent are re-parented to it and reaped, so no zombies pile up. It reaps on
 SIGCHLD (a wakeup pipe) at once and reports each agent's exit to the runtime.
 
+To keep the fork itself off a restart's path, the template holds one spare:
+a child forked and isolated ahead of time, waiting inside trio.run for a spec
+and fds (SCM_RIGHTS); it becomes the next agent (exec or Python) and the
+template forks the next spare once it has been idle for 10 ms. A spare never
+runs agent code before it is given its agent.
+
 Protocol (SOCK_SEQPACKET, one msgpack message per packet, fds by SCM_RIGHTS):
   runtime -> template  ["spawn", req, spec-dict] + fds   ["signal", pid, signum]
   template -> runtime  ["spawned", req, pid] | ["spawn-failed", req, why]
