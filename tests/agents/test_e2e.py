@@ -141,3 +141,35 @@ def test_the_supervision_example_runs(tmp_path: Path, start_runtime) -> None:
     wait_for(lambda: json.loads(rt.cli("state", "get", "sensor", "samples", "--json").stdout
                                 or "{}").get("value", 0) >= 1, what="a durable sample")
     assert rt.terminate() == 0
+
+
+def test_cli_send_restart_and_reload_drive_the_supervisor(tmp_path: Path,
+                                                          start_runtime) -> None:
+    ctl = (f'[[agents]]\nname = "ctl_auto"\nkind = "process"\nmax_restarts = 0\n'
+           f'entry = "{FIXTURE_AGENTS / "controlled.py"}:run"\n'
+           f'env = {{ OUTPOST_TEST_DIR = "{tmp_path}" }}\n')
+    config = write_config(tmp_path, ctl)
+    rt = start_runtime(config)
+    rt.wait_running("ctl_auto")
+
+    def row() -> dict:
+        return next(r for r in rt.try_status()["agents"] if r["name"] == "ctl_auto")
+    # A message with a key, sent twice: stored once (same seq), acted on once.
+    first = json.loads(rt.cli("send", "ctl_auto", "crash", "--key", "k", "--json").stdout)
+    again = json.loads(rt.cli("send", "ctl_auto", "crash", "--key", "k", "--json").stdout)
+    assert first["seq"] == again["seq"]
+    wait_for(lambda: row()["state"] == "failed", what="failed (budget 0)")
+    assert "crash requested" in row()["last_exit"]
+    restart = rt.cli("agent", "restart", "ctl_auto")
+    assert restart.returncode == 0, restart.stderr
+    wait_for(lambda: row()["state"] == "running", what="running again")
+    starts = (tmp_path / "ctl_auto.starts").read_text().splitlines()
+    assert len(starts) == 2  # the keyed message was acked before the crash: not redelivered
+    # reload: a new agent is started, the running one is left alone.
+    pid = row()["pid"]
+    config.write_text(config.read_text() + ctl.replace("ctl_auto", "ctl2_auto"))
+    reload = json.loads(rt.cli("reload", "--json").stdout)
+    assert reload["added"] == ["ctl2_auto"] and reload["unchanged"] == ["ctl_auto"]
+    rt.wait_running("ctl2_auto")
+    assert row()["pid"] == pid
+    assert rt.terminate() == 0
