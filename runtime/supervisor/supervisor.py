@@ -953,6 +953,8 @@ class Supervisor:
         await self._start_node(node)
 
     async def _start_node(self, node: Node) -> None:
+        if node.running_runner:  # e.g. started along with its group just before
+            return
         group = node.parent
         if group is self.root and self.root.state == FAILED:
             self.root.state = RUNNING

@@ -191,3 +191,24 @@ async def test_stop_start_and_reload_leave_unchanged_agents_alone(tmp_path: Path
         assert len(h.of("start", "keep_auto")) == 2  # untouched by the reload
         assert h.sup.find("drop_auto") is None
         assert [r["name"] for r in h.sup.status()] == ["keep_auto", "change_auto", "new_auto"]
+
+
+async def test_reload_adds_a_group_with_its_agents_and_changes_strategies(tmp_path: Path) -> None:
+    async with running(tmp_path, [ctrl("a_auto")]) as h:
+        await started(h, "a_auto")
+        from runtime.config import Config
+        config = Config(path=tmp_path / "x.toml", data_dir=tmp_path, run_dir=tmp_path,
+                        agents=(ctrl("a_auto"), ctrl("b_auto", group="g"),
+                                ctrl("c_auto", group="g")),
+                        groups=(GroupSpec("g", strategy="one_for_all"),),
+                        supervisor={"strategy": "one_for_one", "max_restarts": 50,
+                                    "restart_window_s": 60, "on_give_up": "stop"})
+        result = await h.sup.reload(config)
+        assert result["added"] == ["b_auto", "c_auto"] and result["unchanged"] == ["a_auto"]
+        await started(h, "b_auto", "c_auto")
+        assert len(h.of("start", "b_auto")) == 1 and len(h.of("start", "c_auto")) == 1
+        assert {r["name"]: r["group"] for r in h.sup.status()} == {
+            "a_auto": "/", "b_auto": "/g", "c_auto": "/g"}
+        await h.send("c_auto", "crash")  # one_for_all inside the new group
+        await started(h, "b_auto", "c_auto", times=2)
+        assert len(h.of("start", "a_auto")) == 1
