@@ -647,7 +647,10 @@ class Supervisor:
             with contextlib.suppress(BlockingIOError):
                 hello = hello[mine.send(hello):]
         try:
-            pid = await self.template.spawn(request, fds)
+            # Shielded: a spawn cannot be withdrawn once asked for, and a process we
+            # never learnt the pid of would run unsupervised. A stop lands right after.
+            with trio.CancelScope(shield=True):
+                pid = await self.template.spawn(request, fds)
         except Exception as exc:
             for fd in (out_r, err_r):
                 os.close(fd)
