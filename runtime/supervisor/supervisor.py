@@ -621,6 +621,9 @@ class Supervisor:
         env = dict(spec.env)
         request: dict[str, Any] = {"kind": spec.kind, "name": spec.name, "cwd": spec.cwd,
                                    "env": env}
+        # Awaited before any fd exists: a cancellation here leaks nothing.
+        state = await self.book.open(state_stream(spec.name)) if spec.kind == "process" \
+            else None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         fds = [out_w, err_w]
@@ -640,13 +643,12 @@ class Supervisor:
             if spec.heartbeat_timeout_s:
                 env["WATCHDOG_USEC"] = str(int(spec.heartbeat_timeout_s * 1e6))
         hello = b""
-        if mine is not None:  # in the socket buffer before the fork: no round trip
-            state = await self.book.open(state_stream(spec.name))
-            hello = encode(["hello", 0, {"state": state.to_dict()}])
-            mine.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                hello = hello[mine.send(hello):]
         try:
+            if mine is not None:  # in the socket buffer before the fork: no round trip
+                hello = encode(["hello", 0, {"state": state.to_dict()}])
+                mine.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    hello = hello[mine.send(hello):]
             # Shielded: a spawn cannot be withdrawn once asked for, and a process we
             # never learnt the pid of would run unsupervised. A stop lands right after.
             with trio.CancelScope(shield=True):
