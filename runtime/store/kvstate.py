@@ -74,19 +74,32 @@ def _paused_gc(fn: Any, *args: Any) -> Any:
 
 
 def apply_ops(data: dict, ops: list, stream: str = "?", first_seq: int = 0) -> None:
-    """Apply a run of op records in order (recovery's hot loop: `set` inlined)."""
-    done = 0
+    """Apply a run of op records in order (recovery's hot loop: `set` inlined).
+
+    On a bad record the caller discards `data`; the error names the record's seq.
+    """
     try:
-        for op in ops:
-            kind, key, arg = op
+        for kind, key, arg in ops:
             if kind == SET:
                 data[key] = arg
             else:
-                apply_op(data, op)
-            done += 1
+                apply_op(data, [kind, key, arg])
     except (StoreError, TypeError, ValueError, AttributeError) as exc:
-        raise StoreError(f"stream {stream!r} seq {first_seq + done}: cannot replay "
-                         f"{ops[done]!r:.200}: {exc}") from None
+        at = _first_bad(ops)
+        raise StoreError(f"stream {stream!r} seq {first_seq + at}: cannot replay "
+                         f"{ops[at]!r:.200}: {exc}") from None
+
+
+def _first_bad(ops: list) -> int:
+    """Index of the first op record that cannot be applied (for the error message)."""
+    scratch: dict = {}
+    for i, op in enumerate(ops):
+        try:
+            apply_op(scratch, op)
+        except (StoreError, TypeError, ValueError, AttributeError):
+            return i
+        scratch.clear()
+    return 0
 
 
 def digest_of(data: Mapping) -> str:

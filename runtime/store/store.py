@@ -374,7 +374,7 @@ class Store:
         returns their consecutive seqs once durable."""
         prefix = _stream_key(stream)
         limit = self.options.max_record_bytes
-        datas = [codec.pack(r, limit) for r in records]
+        datas = codec.pack_many(records, limit)
         if not datas:
             return []
         pack_seq = _SEQ.pack

@@ -372,3 +372,17 @@ async def test_replay_chunks_matches_read(data_dir: Path) -> None:
         seen: list[tuple[int, object]] = []
         assert store.replay("b", 1, lambda seq, rec: seen.append((seq, rec))) == 5
         assert seen == store.read("b")
+
+
+async def test_a_malformed_op_record_is_named_by_seq(data_dir: Path) -> None:
+    async with open_store(data_dir) as store:
+        await store.append_many(STREAM, [["set", "a", 1]] * 10 + [["set", ["unhashable"], 1]]
+                                + [["set", "b", 2]])
+        with pytest.raises(StoreError, match="seq 11: cannot replay"):
+            await KeyValueState.load(store, STREAM)
+        await store.append_many("s2", [["set", "a", 1], ["frobnicate", "a", 1]])
+        with pytest.raises(StoreError, match="seq 2: cannot replay .*unknown state op"):
+            await KeyValueState.load(store, "s2")
+        await store.append_many("s3", [["set", "a", 1], "not an op"])
+        with pytest.raises(StoreError, match="seq 2: cannot replay"):
+            await KeyValueState.load(store, "s3")
