@@ -381,7 +381,7 @@ async def test_a_malformed_op_record_is_named_by_seq(data_dir: Path) -> None:
         with pytest.raises(StoreError, match="seq 11: cannot replay"):
             await KeyValueState.load(store, STREAM)
         await store.append_many("s2", [["set", "a", 1], ["frobnicate", "a", 1]])
-        with pytest.raises(StoreError, match="seq 2: cannot replay .*unknown state op"):
+        with pytest.raises(StoreError, match=r"seq 2: cannot replay .*unknown state op"):
             await KeyValueState.load(store, "s2")
         await store.append_many("s3", [["set", "a", 1], "not an op"])
         with pytest.raises(StoreError, match="seq 2: cannot replay"):
