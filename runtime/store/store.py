@@ -71,7 +71,9 @@ class StoreOptions:
         cache); the writer fsyncs at least every `fsync_interval_ms` while there
         is unsynced data. A process crash (kill -9) loses nothing; a power loss
         or kernel crash can lose the writes acknowledged in the last
-        `fsync_interval_ms` (plus the fsync's own duration).
+        `fsync_interval_ms` (plus the fsync's own duration). LMDB keeps the file
+        consistent then only if the filesystem preserves write order (its
+        MDB_NOSYNC caveat), so use "sync" where a power cut is likely.
     batch_window_ms: how long the writer lingers for more ops once one arrived
       (0 = commit what is waiting as soon as the previous commit returned).
     max_batch: most ops in one write transaction.
