@@ -56,6 +56,7 @@ class Runtime:
         self.events = EventLog(store)
         self.started = time.monotonic()
         self.shutdown_requested = trio.Event()
+        self._heartbeat_words: dict[str, Any] = {}  # agent -> its heartbeat slot
         # Maintenance the `maintain` control method can run inside the runtime, by
         # name (runtime.methods.MaintenanceTask); runtime/maintain registers its tasks.
         self.maintenance_tasks: dict[str, Any] = {}
@@ -88,10 +89,15 @@ class Runtime:
         return AgentContext(spec.name, state, self.segment, self.mailboxes)
 
     def heartbeat_age(self, agent: str) -> float | None:
-        found = self.segment.find(f"{agent}:heartbeat")
-        if found is None:
-            return None
-        age = heartbeat_age(self.segment.slot_words(found[0]))
+        # Slots are never freed while a segment lives, so a found slot's pointer can be
+        # kept: status then costs no directory scan per agent.
+        words = self._heartbeat_words.get(agent)
+        if words is None:
+            found = self.segment.find(f"{agent}:heartbeat")
+            if found is None:
+                return None
+            words = self._heartbeat_words[agent] = self.segment.slot_words(found[0])
+        age = heartbeat_age(words)
         return None if age is None else round(age, 3)
 
     def info(self) -> dict:
