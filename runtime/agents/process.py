@@ -10,6 +10,7 @@ attaches the shared-memory segment read-write and writes its slots directly.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import socket
@@ -156,7 +157,12 @@ class ProcessContext:
         """Signal readiness: agents that depend on this one may start."""
         if not self.is_ready.is_set():
             self.is_ready.set()
-            trio.lowlevel.spawn_system_task(self._channel.send, ["ready", 0, None])
+            trio.lowlevel.spawn_system_task(self._send_ready)
+
+    async def _send_ready(self) -> None:
+        # A system task must not raise; a broken channel ends the agent elsewhere.
+        with contextlib.suppress(Exception):
+            await self._channel.send(["ready", 0, None])
 
     async def send(self, agent: str, msg: Any, key: str | None = None) -> int:
         """Durably put `msg` in `agent`'s inbox; returns its seq."""

@@ -201,6 +201,8 @@ def main() -> int:
     args = p.parse_args()
 
     sv_version = ensure_supervisor()
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    host = machine()
     with tempfile.TemporaryDirectory(prefix="outpost-bench-restart-") as tmp:
         base = Path(tmp)
         process = summary(run_outpost("process", args.cycles, base / "process"))
@@ -210,8 +212,8 @@ def main() -> int:
     result = {
         "benchmark": "restart gap: exit of a Python agent crashing 0.2 s after start -> "
                      "first stamp (heartbeat) of the next instance",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "date": started,
+        "machine": {**host, "load_avg_1m_at_end": os.getloadavg()[0]},
         "crash_after_s": CRASH_AFTER_S,
         "percentile_method": "nearest rank",
         "supervisord_version": sv_version,
