@@ -235,9 +235,9 @@ def main() -> int:
         return 0
     print(f"restart gap (ms), crash {CRASH_AFTER_S}s after start; "
           f"{result['machine']['cpus']} CPUs, Python {result['machine']['python']}")
-    print(f"{'':14}{'n':>5}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}{'mean':>10}")
+    print(f"{'':18}{'n':>5}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}{'mean':>10}")
     for name, s in (("process", process), ("task", task), (f"supervisord {sv_version}", sv)):
-        print(f"{name:14}{s['n']:>5}{s['p50']:>10.3f}{s['p90']:>10.3f}{s['p99']:>10.3f}"
+        print(f"{name:18}{s['n']:>5}{s['p50']:>10.3f}{s['p90']:>10.3f}{s['p99']:>10.3f}"
               f"{s['max']:>10.3f}{s['mean']:>10.3f}")
     print(f"supervisord / process: p50 {result['ratio_supervisord_to_process_p50']:.0f}x, "
           f"p99 {result['ratio_supervisord_to_process_p99']:.0f}x")
