@@ -340,7 +340,13 @@ async def _spare_wait(channel: socket.socket, segments: dict[str, Any]) -> int:
     _wire(spec, fds)
     os.environ.update(spec.get("env", {}))
     from runtime.agents.process import agent_main_async
-    return await agent_main_async(spec, fds[2], segments.get(spec.get("segment")))
+    code = await agent_main_async(spec, fds[2], segments.get(spec.get("segment")))
+    # The agent is done and has said so: exit now rather than after trio's teardown
+    # (the supervisor restarts it once this process is gone).
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def _agent_child(spec: dict[str, Any], fds: list[int], template_pid: int,
