@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,6 +128,48 @@ def descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+
+
+class ChildMap:
+    """parent pid -> child pids from one scan of /proc, shared for `ttl` seconds.
+
+    psutil's children() rescans every process on each call; the health sampler
+    asks for every agent each round, so one scan per round serves them all.
+    Thread-safe enough for its use: a stale map only delays a descendant's
+    discovery by one round.
+    """
+
+    def __init__(self, ttl: float = 0.25) -> None:
+        self.ttl = ttl
+        self._at = -1e9
+        self._children: dict[int, list[int]] = {}
+
+    def _scan(self) -> dict[int, list[int]]:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # comm may hold spaces and ')': the ppid follows the last ')'.
+            fields = stat[stat.rfind(b")") + 2:].split()
+            if len(fields) > 1:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+        return children
+
+    def descendants(self, pid: int) -> list[int]:
+        now = time.monotonic()
+        if now - self._at > self.ttl:
+            self._children, self._at = self._scan(), now
+        out, todo = [], [pid]
+        while todo:
+            for child in self._children.get(todo.pop(), ()):
+                out.append(child)
+                todo.append(child)
+        return out
 
 
 def kill_all(procs: list[psutil.Process]) -> None:

@@ -143,6 +143,7 @@ class Supervisor:
         self._entries: dict[str, tuple[tuple, Any]] = {}
         self._counters: dict[str, Any] = {}
         self._gauges: dict[str, Any] = {}
+        self._child_map = procs.ChildMap()  # one /proc scan per sampling round
         self._notify_seq = 0
         self._logfiles: dict[str, procs.RotatingLog] = {}
         self._nursery: trio.Nursery | None = None
@@ -885,7 +886,9 @@ class Supervisor:
                 wake.append(started + spec.max_runtime_s + 0.001)
             if sample:
                 if now >= next_sample:
-                    rss, cpu = self._sample(pid, tracked)
+                    # /proc reads and parsing stay off the event loop.
+                    rss, cpu = await trio.to_thread.run_sync(
+                        self._sample, pid, tracked, self._child_map)
                     self.pids.set_descendants(child.name, [
                         [p, proc.create_time()] for p, proc in tracked.items() if p != pid])
                     child.memory_rss_bytes, child.cpu_percent = rss, cpu
@@ -909,12 +912,20 @@ class Supervisor:
             await trio.sleep(max(0.0, soonest - time.monotonic()))
 
     @staticmethod
-    def _sample(pid: int, tracked: dict[int, Any]) -> tuple[int | None, float | None]:
+    def _sample(pid: int, tracked: dict[int, Any],
+                child_map: procs.ChildMap) -> tuple[int | None, float | None]:
         """RSS bytes and CPU percent of `pid` and its descendants (psutil)."""
         import psutil
         try:
             root = tracked.get(pid) or tracked.setdefault(pid, psutil.Process(pid))
-            procs_now = [root, *root.children(recursive=True)]
+            procs_now = [root]
+            for p in child_map.descendants(pid):
+                proc = tracked.get(p)
+                if proc is None:
+                    with contextlib.suppress(psutil.Error):
+                        proc = psutil.Process(p)
+                if proc is not None:
+                    procs_now.append(proc)
         except psutil.Error:
             return None, None
         rss = 0
