@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import CodeType, ModuleType
 from typing import Any
 
 AgentMain = Callable[[Any], Awaitable[None]]
+
+_code_cache: dict[Path, tuple[tuple[int, int, int], CodeType]] = {}
 
 
 class EntryError(Exception):
@@ -19,20 +21,16 @@ class EntryError(Exception):
 def load_entry(entry: str) -> AgentMain:
     """Import `module:function` or `/path/file.py:function` and return the function.
 
-    A file is executed afresh each call, so a restarted agent picks up an edited
-    file; modules are imported once by Python's import system.
+    A file is executed afresh each call into a new module, so a restarted agent
+    gets fresh module globals and picks up an edited file. Only the compiled code
+    is cached (keyed by the file's mtime, size and inode): a restart then skips
+    finding, reading and unmarshalling it (~150 us of a sub-millisecond restart).
+    Modules are imported once by Python's import system.
     """
     target, _, func_name = entry.rpartition(":")
     try:
         if target.endswith(".py"):
-            path = Path(target)
-            name = f"outpost_agent_{path.stem}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            if spec is None or spec.loader is None or not path.is_file():
-                raise EntryError(f"agent entry {entry!r}: no such file {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
+            module = _exec_file(Path(target), entry)
         else:
             module = importlib.import_module(target)
     except EntryError:
@@ -43,3 +41,21 @@ def load_entry(entry: str) -> AgentMain:
     if not callable(func):
         raise EntryError(f"agent entry {entry!r}: {target} has no function {func_name!r}")
     return func
+
+
+def _exec_file(path: Path, entry: str) -> ModuleType:
+    try:
+        st = path.stat()
+    except OSError:
+        raise EntryError(f"agent entry {entry!r}: no such file {path}") from None
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    cached = _code_cache.get(path)
+    if cached is None or cached[0] != key:
+        code = compile(path.read_bytes(), str(path), "exec")
+        _code_cache[path] = cached = (key, code)
+    name = f"outpost_agent_{path.stem}"
+    module = ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module  # tracebacks, dataclasses and typing look modules up here
+    exec(cached[1], module.__dict__)  # noqa: S102 - the agent's own code, from its config
+    return module
