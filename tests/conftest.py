@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.runtime_proc import RuntimeProc
+from tests.runtime_proc import ROOT, RuntimeProc
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    """dist/outpost, built once per test session (or $OUTPOST_BINARY if given)."""
+    given = os.environ.get("OUTPOST_BINARY")
+    if given:
+        return Path(given)
+    result = subprocess.run([str(ROOT / "scripts" / "build-binary")], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    path = ROOT / "dist" / "outpost"
+    assert path.is_file() and os.access(path, os.X_OK)
+    return path
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,19 +12,6 @@ from tests.runtime_proc import ROOT, RuntimeProc, wait_for
 
 pytestmark = pytest.mark.binary
 
-
-@pytest.fixture(scope="session")
-def binary() -> Path:
-    """dist/outpost, built once per test session (or $OUTPOST_BINARY if given)."""
-    given = os.environ.get("OUTPOST_BINARY")
-    if given:
-        return Path(given)
-    result = subprocess.run([str(ROOT / "scripts" / "build-binary")], capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    path = ROOT / "dist" / "outpost"
-    assert path.is_file() and os.access(path, os.X_OK)
-    return path
 
 
 def count_of(rt: RuntimeProc) -> int:

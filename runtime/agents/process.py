@@ -73,21 +73,15 @@ class _Channel:
         return value
 
 
-class RemoteState:
+class RemoteState(Mapping):
     """`ctx.state` of a process agent: local reads, durable writes through the runtime."""
 
     def __init__(self, channel: _Channel, data: dict) -> None:
         self._channel = channel
         self._data = data
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
-
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)

@@ -38,15 +38,8 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -119,7 +112,7 @@ def backup(store: Store, dest_root: Path, progress: Progress | None = None) -> T
     source_size = (store.path / "data.mdb").stat().st_size
     with watch_size(staging / "data.mdb", source_size, progress, "copying"):
         data = store.copy_to(staging, compact=True)
-    _fsync_file(data)
+    fsync_path(data)
     with open_copy(staging) as copy:
         checked = verify(copy, None)
     if not checked.ok:
@@ -135,10 +128,10 @@ def backup(store: Store, dest_root: Path, progress: Progress | None = None) -> T
         "state_digests": _state_digests(checked),
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    _fsync_file(staging / MANIFEST)
-    fsync_dir(staging)
+    fsync_path(staging / MANIFEST)
+    fsync_path(staging)
     os.replace(staging, final)
-    fsync_dir(dest_root)
+    fsync_path(dest_root)
     result.summary = f"backup written to {final} ({manifest['files']['data.mdb']['bytes']} bytes)"
     result.details = {"path": str(final), **manifest}
     return result
@@ -175,7 +168,7 @@ def restore(data_dir: Path, source: Path, progress: Progress | None = None) -> T
     staging.mkdir(parents=True)
     with watch_size(staging / "data.mdb", expected["bytes"], progress, "staging"):
         shutil.copyfile(src, staging / "data.mdb")
-    _fsync_file(staging / "data.mdb")
+    fsync_path(staging / "data.mdb")
     with open_copy(staging) as copy:
         checked = verify(copy, None)
     digests = _state_digests(checked)
@@ -194,7 +187,7 @@ def restore(data_dir: Path, source: Path, progress: Progress | None = None) -> T
         (data_dir / "lock.mdb").unlink()
     os.replace(staging / "data.mdb", current)
     shutil.rmtree(staging, ignore_errors=True)
-    fsync_dir(data_dir)
+    fsync_path(data_dir)
     result.summary = f"restored {source} into {data_dir}" + (
         f"; the replaced store is kept as {kept.name}" if kept else "")
     result.details = {"source": str(source), "kept": str(kept) if kept else None,
@@ -215,10 +208,10 @@ def compact_offline(data_dir: Path, progress: Progress | None = None) -> TaskRes
     with open_copy(data_dir, cleanup=False) as store, \
             watch_size(staging / "data.mdb", before, progress, "compacting"):
         copy = store.copy_to(staging, compact=True)
-    _fsync_file(copy)
+    fsync_path(copy)
     os.replace(copy, current)
     shutil.rmtree(staging, ignore_errors=True)
-    fsync_dir(data_dir)
+    fsync_path(data_dir)
     after = current.stat().st_size
     result.summary = f"compacted {before} -> {after} bytes"
     result.details = {"bytes_before": before, "bytes_after": after, "online": False}

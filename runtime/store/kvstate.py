@@ -109,7 +109,7 @@ def digest_of(data: Mapping) -> str:
     return hashlib.blake2b(packed, digest_size=16).hexdigest()
 
 
-class KeyValueState:
+class KeyValueState(Mapping):
     """One stream's materialised key-value state. Reads are local; writes await the ack."""
 
     def __init__(self, store: Store, stream: str, data: dict, applied_seq: int,
@@ -157,14 +157,8 @@ class KeyValueState:
 
     # -- reads ---------------------------------------------------------------
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
-
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)

@@ -4,14 +4,12 @@ without PyInstaller's LD_LIBRARY_PATH, and no agent left after kill -9 + restart
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.runtime_proc import ROOT, RuntimeProc, wait_for, write_config
+from tests.runtime_proc import RuntimeProc, wait_for, write_config
 
 pytestmark = pytest.mark.binary
 
@@ -27,17 +25,6 @@ async def run(ctx):
         await trio.sleep(0.05)
 '''
 
-
-@pytest.fixture(scope="session")
-def binary() -> Path:
-    """dist/outpost, built once per session (or $OUTPOST_BINARY)."""
-    given = os.environ.get("OUTPOST_BINARY")
-    if given:
-        return Path(given)
-    result = subprocess.run([str(ROOT / "scripts" / "build-binary")], capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return ROOT / "dist" / "outpost"
 
 
 def test_process_and_exec_agents_in_the_binary(binary: Path, tmp_path: Path,
