@@ -66,26 +66,38 @@ def open_copy(path: Path, cleanup: bool = True) -> Iterator[Store]:
 
 
 @contextlib.contextmanager
-def watch_size(path: Path, total: int, progress: Progress | None, label: str) -> Iterator[None]:
-    """Report `path`'s growing size toward `total` while a copy without callbacks runs."""
-    if progress is None:
-        yield
-        return
+def reporting(report: Callable[[], None], every: float = 0.2) -> Iterator[None]:
+    """Call `report()` from a thread every `every` seconds while the block runs: for
+    work that gives no progress of its own (an LMDB copy, a task inside the runtime)."""
     done = threading.Event()
 
-    def watch() -> None:
-        while not done.wait(0.2):
-            with contextlib.suppress(OSError):
-                progress(min(path.stat().st_size, total), total, label)
+    def loop() -> None:
+        while not done.wait(every):
+            report()
 
-    thread = threading.Thread(target=watch, daemon=True)
+    thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     try:
         yield
     finally:
         done.set()
         thread.join()
-        progress(total, total, label)
+
+
+@contextlib.contextmanager
+def watch_size(path: Path, total: int, progress: Progress | None, label: str) -> Iterator[None]:
+    """Report `path`'s growing size toward `total` while a copy without callbacks runs."""
+    if progress is None:
+        yield
+        return
+
+    def report() -> None:
+        with contextlib.suppress(OSError):
+            progress(min(path.stat().st_size, total), total, label)
+
+    with reporting(report):
+        yield
+    progress(total, total, label)
 
 
 def _state_digests(result: TaskResult) -> dict[str, str]:

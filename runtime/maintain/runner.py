@@ -9,7 +9,6 @@ cannot stack up.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,20 +122,9 @@ def _ticking(progress: Progress | None, label: str) -> Iterator[None]:
     if progress is None:
         yield
         return
-    done = threading.Event()
     started = time.monotonic()
-
-    def tick() -> None:
-        while not done.wait(0.25):
-            progress(int(time.monotonic() - started), 0, label)
-
-    thread = threading.Thread(target=tick, daemon=True)
-    thread.start()
-    try:
+    with copy.reporting(lambda: progress(int(time.monotonic() - started), 0, label), 0.25):
         yield
-    finally:
-        done.set()
-        thread.join()
 
 
 async def _timed(name: str, work: Any) -> TaskResult:
