@@ -40,7 +40,8 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import msgpack
 import trio
@@ -343,27 +344,37 @@ async def _spare_wait(channel: socket.socket, segments: dict[str, Any]) -> int:
     code = await agent_main_async(spec, fds[2], segments.get(spec.get("segment")))
     # The agent is done and has said so: exit now rather than after trio's teardown
     # (the supervisor restarts it once this process is gone).
+    _leave(code)
+
+
+def _leave(code: int) -> NoReturn:
+    """End a forked child: flush what it printed, then _exit (never unwind into the
+    template's stack, never run the parent's atexit handlers)."""
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(code)
 
 
-def _agent_child(spec: dict[str, Any], fds: list[int], template_pid: int,
-                 close: list[int]) -> None:
-    """In the freshly forked agent: isolate, wire up fds, then exec or run the agent."""
+def _run_child(work: Callable[[], int]) -> NoReturn:
+    """Run a forked child's `work` and leave with its exit code (70 if it raised)."""
     code = 70
     try:
-        _isolate(template_pid, close)
-        code = _become(spec, fds)
+        code = work()
     except BaseException:
         with contextlib.suppress(Exception):
             traceback.print_exc()
     finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        _leave(code)
+
+
+def _agent_child(spec: dict[str, Any], fds: list[int], template_pid: int,
+                 close: list[int]) -> None:
+    """In the freshly forked agent: isolate, wire up fds, then exec or run the agent."""
+    def work() -> int:
+        _isolate(template_pid, close)
+        return _become(spec, fds)
+    _run_child(work)
 
 
 def _spare_main(channel: socket.socket, template_pid: int, close: list[int],
@@ -373,18 +384,10 @@ def _spare_main(channel: socket.socket, template_pid: int, close: list[int],
     It waits inside trio.run, so a Python agent starts in a loop that is already
     up (trio's start-up is not on the restart path).
     """
-    code = 70
-    try:
+    def work() -> int:
         _isolate(template_pid, close)
-        code = trio.run(_spare_wait, channel, segments)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        return trio.run(_spare_wait, channel, segments)
+    _run_child(work)
 
 
 # -- the runtime's side, under trio --------------------------------------------------
