@@ -105,7 +105,30 @@ class Mailboxes:
         await event.wait()
 
 
-class Inbox:
+class InboxIteration:
+    """`async for msg in inbox`: each message is acknowledged when the next one is asked
+    for, so a crash while handling one redelivers it. Shared by the task agent's `Inbox`
+    and the process agent's `RemoteInbox`, which must behave the same."""
+
+    _unacked: Message | None = None
+
+    async def receive(self) -> Message:
+        raise NotImplementedError
+
+    async def ack(self, msg: Message | int) -> None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> InboxIteration:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._unacked is not None:
+            await self.ack(self._unacked)
+        self._unacked = await self.receive()
+        return self._unacked
+
+
+class Inbox(InboxIteration):
     """An agent's view of its inbox: `async for msg in ctx.inbox` or `await ctx.inbox.receive()`.
 
     Iterating acknowledges each message when the next one is asked for (so a
@@ -119,7 +142,6 @@ class Inbox:
         self.agent = agent
         self._next: int | None = None
         self._state = None
-        self._unacked: Message | None = None
         self.on_receive = on_receive
 
     async def _acked_state(self):
@@ -147,12 +169,3 @@ class Inbox:
         state = await self._acked_state()
         if seq > int(state.get("acked", 0)):
             await state.set("acked", seq)
-
-    def __aiter__(self) -> Inbox:
-        return self
-
-    async def __anext__(self) -> Message:
-        if self._unacked is not None:
-            await self.ack(self._unacked)
-        self._unacked = await self.receive()
-        return self._unacked

@@ -24,7 +24,7 @@ import trio
 from runtime.agents.context import AgentMetrics
 from runtime.agents.entry import load_entry
 from runtime.agents.frames import FrameBuffer, encode
-from runtime.agents.mailbox import Message
+from runtime.agents.mailbox import InboxIteration, Message
 from runtime.store.kvstate import apply_op
 from shm import Heartbeat, Segment
 
@@ -109,12 +109,11 @@ class RemoteState(Mapping):
         return await self._write("merge", key, dict(fields))
 
 
-class RemoteInbox:
+class RemoteInbox(InboxIteration):
     """`ctx.inbox` of a process agent (same semantics as runtime.agents.mailbox.Inbox)."""
 
     def __init__(self, channel: _Channel) -> None:
         self._channel = channel
-        self._unacked: Message | None = None
 
     async def receive(self) -> Message:
         seq, sender, body, key = await self._channel.call("recv")
@@ -122,15 +121,6 @@ class RemoteInbox:
 
     async def ack(self, msg: Message | int) -> None:
         await self._channel.call("ack", msg if isinstance(msg, int) else msg.seq)
-
-    def __aiter__(self) -> RemoteInbox:
-        return self
-
-    async def __anext__(self) -> Message:
-        if self._unacked is not None:
-            await self.ack(self._unacked)
-        self._unacked = await self.receive()
-        return self._unacked
 
 
 class ProcessContext:
