@@ -206,17 +206,7 @@ def agent_main(spec: dict[str, Any], channel_fd: int, segment: Segment | None = 
     `segment` is the mapping the template attached (inherited by the fork);
     without it the agent attaches the segment itself.
     """
-    sock = socket.socket(fileno=channel_fd)
-    summary = None
-    try:
-        main, ctx, channel = _prepare(spec, sock, segment)
-        trio.run(_run, main, ctx, channel)
-        return 0
-    except BaseException as exc:
-        summary = _report(exc)
-        return 1
-    finally:
-        _finish(sock, summary)
+    return trio.run(agent_main_async, spec, channel_fd, segment)
 
 
 async def agent_main_async(spec: dict[str, Any], channel_fd: int,
