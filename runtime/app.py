@@ -82,7 +82,7 @@ class Runtime:
 
     def _count_send(self, sender: str | None, to: str) -> None:
         if sender is not None and self.supervisor.find(sender) is not None:
-            self.supervisor._counter(f"{sender}:messages_out").inc()
+            self.supervisor.counter(f"{sender}:messages_out").inc()
 
     async def make_context(self, spec: AgentSpec) -> AgentContext:
         state = await self.book.open(state_stream(spec.name))

@@ -232,7 +232,8 @@ class Supervisor:
 
     # -- metrics in shared memory ----------------------------------------------------
 
-    def _counter(self, name: str) -> Any:
+    def counter(self, name: str) -> Any:
+        """The shared-memory counter called `name` (cached), or None without a segment."""
         if self.segment is None:
             return None
         found = self._counters.get(name)
@@ -368,7 +369,7 @@ class Supervisor:
         if isinstance(node, Child):
             self._emit("restart", node.name, delay_s=delay, restarts=node.restarts,
                        consecutive=node.consecutive, reason=reason, strategy=strategy)
-            counter = self._counter(f"{node.name}:restarts")
+            counter = self.counter(f"{node.name}:restarts")
             if counter is not None:
                 counter.inc()
         else:
@@ -776,8 +777,8 @@ class Supervisor:
         lock = trio.Lock()
         try:
             state = await self.book.open(state_stream(name))
-            writes = self._counter(f"{name}:state_writes")
-            received = self._counter(f"{name}:messages_in")
+            writes = self.counter(f"{name}:state_writes")
+            received = self.counter(f"{name}:messages_in")
             inbox = self.mailboxes.inbox(name) if self.mailboxes is not None else None
             if inbox is not None and received is not None:
                 inbox.on_receive = received.inc
