@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ log = logging.getLogger("outpost.events")
 STREAM = "events"
 _FOLLOW_BUFFER = 1000
 _QUEUE_MAX = 100_000
+_QUERY_PAGE = 4096
 
 
 def event_dict(seq: int, record: list) -> dict[str, Any]:
@@ -110,15 +112,26 @@ class EventLog:
     def query(self, since: float | None = None, until: float | None = None,
               agent: str | None = None, type: str | None = None,
               limit: int = 100) -> list[dict[str, Any]]:
-        """Stored events matching every given filter, newest `limit` of them, oldest first."""
+        """Stored events matching every given filter, newest `limit` of them, oldest first.
+
+        Reads the stream a page at a time and keeps only the newest `limit` matches, so
+        memory stays bounded however long the log is. Synchronous and as long as the
+        log: call it from a worker thread inside the runtime.
+        """
+        if limit <= 0:
+            return []
         lo = -math.inf if since is None else since
         hi = math.inf if until is None else until
-        matches = [e for e in self._stored()
-                   if lo <= e["ts"] <= hi
-                   and (agent is None or e["agent"] == agent)
-                   and (type is None or e["type"] == type)]
-        return matches[-limit:] if limit > 0 else []
+        newest: deque[dict[str, Any]] = deque(maxlen=limit)
+        for seq, record in self._stored():
+            ts, type_, agent_, _ = record
+            if lo <= ts <= hi and (agent is None or agent_ == agent) \
+                    and (type is None or type_ == type):
+                newest.append(event_dict(seq, record))
+        return list(newest)
 
-    def _stored(self) -> Iterator[dict[str, Any]]:
-        for seq, record in self.store.read(STREAM):
-            yield event_dict(seq, record)
+    def _stored(self) -> Iterator[tuple[int, list]]:
+        seq = 1
+        while page := self.store.read(STREAM, seq, limit=_QUERY_PAGE):
+            yield from page
+            seq = page[-1][0] + 1

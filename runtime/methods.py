@@ -7,11 +7,14 @@ Error codes: bad_params, not_found, not_available, failed, lagged.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from runtime.agents import state_stream
 from runtime.config import ConfigError, load_config
@@ -181,7 +184,9 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
         """Stored events matching since/until/agent/type, the newest `limit`, oldest first."""
         filters = event_filters(params)
         limit = _int(params, "limit", 100, 1, EVENTS_MAX_LIMIT)
-        return {"events": rt.events.query(**filters, limit=limit)}
+        # A scan of the whole log: off the event loop.
+        return {"events": await trio.to_thread.run_sync(
+            functools.partial(rt.events.query, **filters, limit=limit))}
 
     async def events_follow(params: dict[str, Any]) -> Stream:
         """Stream events as they become durable: first the `backlog` newest stored
@@ -205,7 +210,8 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
             with rt.events.follow() as channel:
                 last = 0
                 if backlog:
-                    for event in rt.events.query(**filters, limit=backlog):
+                    for event in await trio.to_thread.run_sync(
+                            functools.partial(rt.events.query, **filters, limit=backlog)):
                         last = event["seq"]
                         yield event
                 async for event in channel:

@@ -42,3 +42,20 @@ async def test_events_emitted_before_cancel_are_flushed(tmp_path: Path) -> None:
                 events.emit("tick", None, i=i)
             nursery.cancel_scope.cancel()
         assert [e["i"] for e in events.query(limit=1000)] == list(range(100))
+
+
+async def test_query_across_many_pages_keeps_the_newest_matches_in_order(tmp_path: Path) -> None:
+    from runtime.events import _QUERY_PAGE, STREAM
+
+    total = 3 * _QUERY_PAGE + 17
+    async with open_store(tmp_path) as store:
+        await store.append_many(STREAM, [[float(i), "tick" if i % 3 else "tock", "a", {"i": i}]
+                                         for i in range(total)])
+        events = EventLog(store)
+        tocks = events.query(type="tock", limit=5)
+        assert [e["i"] for e in tocks] == [i for i in range(total) if i % 3 == 0][-5:]
+        everything = events.query(limit=total + 10)
+        assert [e["seq"] for e in everything] == list(range(1, total + 1))
+        window = events.query(since=100.0, until=104.0, limit=100)
+        assert [e["i"] for e in window] == [100, 101, 102, 103, 104]
+        assert events.query(limit=0) == []
