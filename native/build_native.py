@@ -1,17 +1,12 @@
 """cffi API-mode build of `shm._native`: compiled at install time, never at run time.
 
 setup.py names this file in `cffi_modules`, so `pip install` (and the venv helper,
-whenever native/* changes) builds `shm/_native.abi3.so` from native/outpost_native.c.
+whenever native/* changes) builds `shm/_native.abi3.so` from native/outpost_native.c
+(the atomics, called through cffi) and native/outpost_counter.c (shm.metrics.Counter,
+a CPython type: see that file for why).
 """
 
-import re
-from pathlib import Path
-
 from cffi import FFI
-
-# One source of truth for the trampoline count: the header.
-_HEADER = (Path(__file__).resolve().parent / "outpost_native.h").read_text()
-TRAMPOLINES = int(re.search(r"^#define OP_TRAMP_COUNT (\d+)$", _HEADER, re.M).group(1))
 
 CDEF = """
 #define OP_SLOT_WORDS ...
@@ -48,18 +43,16 @@ int op_seq_write_steal(int64_t *rec, const char *src, size_t nbytes, int64_t dea
                        int64_t pid);
 int op_seq_read(const int64_t *rec, char *dst, size_t nbytes, int64_t max_spins);
 
-#define OP_TRAMP_COUNT ...
-int op_tramp_claim(int64_t *p);
-int op_tramp_used(void);
-void op_noop(void);
-""" + "".join(f"void op_inc_t{k}(void);\n" for k in range(TRAMPOLINES))
+int op_py_register(const char *module_name);
+"""
 
 # cffi's generated wrapper for every function releases and re-takes the GIL and
 # saves/restores errno around the call (recompiler.py: Py_BEGIN_ALLOW_THREADS,
 # _cffi_restore_errno). For a one-instruction atomic that wrapper is the cost:
 # measured on our VM, a void(int64_t *) call went from ~62 ns to ~30 ns per call
 # without it. Every function here is non-blocking and bounded (see the header),
-# sets no errno we read, and touches no Python state, so keeping the GIL is safe.
+# sets no errno we read, and touches no Python state, so keeping the GIL is safe
+# (op_py_register is the exception that needs it: it creates a Python type).
 # The generated wrappers come after this preamble, so redefining the macros here
 # changes them and nothing else. If a future cffi stops using these names the
 # build still works, only slower (the benchmark would show it).
@@ -75,10 +68,7 @@ PREAMBLE = """
 #define _cffi_restore_errno() ((void)0)
 #define _cffi_save_errno() ((void)0)
 
-/* The cheapest call cffi can make (METH_NOARGS, no conversion, body inlined
- * into the wrapper): the floor a trampoline is measured against. */
-static void op_noop(void) {}
-""" + "".join(f"OP_TRAMP_DEFINE({k})\n" for k in range(TRAMPOLINES))
+"""
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
@@ -86,8 +76,11 @@ ffibuilder.set_source(
     "shm._native",
     PREAMBLE,
     # Relative paths: setuptools runs this from the project root.
-    sources=["native/outpost_native.c"],
+    sources=["native/outpost_native.c", "native/outpost_counter.c"],
     include_dirs=["native"],
+    # The 3.11 stable ABI (our floor) rather than cffi's default 3.2 one: Counter holds
+    # a Py_buffer, which joined the limited API in 3.11.
+    define_macros=[("Py_LIMITED_API", "0x030B0000")],
     # Slots are reinterpreted (int64 words holding doubles): no aliasing assumptions.
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"],
 )

@@ -77,31 +77,6 @@ int64_t op_add_i64_repeat(int64_t *p, int64_t delta, int64_t times) {
     return last;
 }
 
-/* ---- counter trampolines (see the header) -------------------------------- */
-
-_Atomic(int64_t *) op_tramp_ptrs[OP_TRAMP_COUNT];
-
-int op_tramp_claim(int64_t *p) {
-    if (p == NULL) return -1;  /* NULL marks a free index */
-    /* Indexes are bound in order and never freed: the first NULL ends the bound ones. */
-    for (int k = 0; k < OP_TRAMP_COUNT; k++) {
-        int64_t *cur = atomic_load_explicit(&op_tramp_ptrs[k], memory_order_acquire);
-        if (cur == NULL &&
-            atomic_compare_exchange_strong_explicit(&op_tramp_ptrs[k], &cur, p,
-                                                    memory_order_acq_rel, memory_order_acquire))
-            return k;
-        if (cur == p) return k;  /* bound already (or another thread bound it to p just now) */
-    }
-    return -1;
-}
-
-int op_tramp_used(void) {
-    int k = 0;
-    while (k < OP_TRAMP_COUNT && atomic_load_explicit(&op_tramp_ptrs[k], memory_order_acquire))
-        k++;
-    return k;
-}
-
 /* ---- double --------------------------------------------------------------- */
 
 double op_load_f64(const double *p) {

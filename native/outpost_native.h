@@ -74,39 +74,8 @@ int op_seq_write_steal(int64_t *rec, const char *src, size_t nbytes, int64_t dea
                        int64_t pid);
 int op_seq_read(const int64_t *rec, char *dst, size_t nbytes, int64_t max_spins);
 
-/* Counter trampolines: OP_TRAMP_COUNT zero-argument functions op_inc_t0 ..
- * op_inc_t<OP_TRAMP_COUNT - 1>, each one relaxed atomic add of 1 to the word
- * op_tramp_ptrs[k] points at. A zero-argument function is a METH_NOARGS
- * builtin in cffi: calling it converts no argument, which is what makes
- * Counter.inc() cheaper than inc(p) with a bound pointer (shm/metrics.py).
- * build_native.py generates the cdef lines and one OP_TRAMP_DEFINE(k) per
- * index from this count (change it here only).
- *
- * op_tramp_claim(p): the index bound to p, binding the first free one if p has
- * none; -1 if p is NULL or every index is bound to another pointer. Bindings
- * are per process (a forked child inherits its parent's) and never undone: a
- * bound trampoline may be called for the life of the process, so p must stay
- * mapped until exit (Segment.pin). Atomic, so two threads may claim at once.
- * op_tramp_used: how many indexes are bound. */
-#define OP_TRAMP_COUNT 1024
-int op_tramp_claim(int64_t *p);
-int op_tramp_used(void);
-
-#if defined(__GNUC__)
-/* Hidden: the trampolines reach the table PC-relative, not through the GOT. */
-__attribute__((visibility("hidden")))
-#endif
-extern _Atomic(int64_t *) op_tramp_ptrs[OP_TRAMP_COUNT];
-
-/* Static, so cffi's wrapper in the same translation unit inlines the body:
- * the wrapper does one table load and one atomic add, no further call. The
- * acquire load pairs with op_tramp_claim's CAS (free on x86). */
-#define OP_TRAMP_DEFINE(k)                                                        \
-    static void op_inc_t##k(void) {                                               \
-        atomic_fetch_add_explicit(                                                \
-            (_Atomic int64_t *)atomic_load_explicit(&op_tramp_ptrs[k],            \
-                                                    memory_order_acquire),        \
-            1, memory_order_relaxed);                                             \
-    }
+/* Registers shm.metrics.Counter (outpost_counter.c) as an attribute of the
+ * extension module `module_name`. 0 on success, < 0 on failure. */
+int op_py_register(const char *module_name);
 
 #endif

@@ -1,22 +1,19 @@
 """The value types that live in segment slots: Counter, Gauge, Histogram, Heartbeat, Record.
 
-Each object holds a pointer into the mapping. The hot operations are instance
-attributes that are native callables, so a call runs no Python frame:
+Each object holds a pointer into the mapping, and its hot operations run no
+Python frame:
 
-- Counter.inc is a zero-argument trampoline compiled at install time
-  (native/outpost_native.h, OP_TRAMP_COUNT of them): a cffi METH_NOARGS
-  builtin whose body is one atomic add on the slot bound to it, so the call
-  converts no argument. Each process binds one per (mapping, slot) it makes a
-  Counter for; when its pool is used up, inc falls back to the path below.
-- Everything else (Counter.add, Gauge.set and add, Histogram.observe,
-  Heartbeat.beat, and inc after the pool ran out) is functools.partial bound
-  straight to the native function and the slot pointer.
+- Counter is a native type (native/outpost_counter.c): `c.inc()` is a method
+  call CPython specialises end to end, the cheapest call it has.
+- Everything else (Gauge.set and add, Histogram.observe, Heartbeat.beat) is
+  an instance attribute holding functools.partial bound straight to the native
+  function and the slot pointer.
 
 See scripts/bench/shm.py for what each layer costs.
 
 Making one pins the mapping for the life of the process (Segment.pin), so an
-object, a bound `inc` or a trampoline that outlives its segment or a runtime
-restart writes to the old, unseen mapping rather than to unmapped memory.
+object or a bound method that outlives its segment or a runtime restart writes
+to the old, unseen mapping rather than to unmapped memory.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
+from shm import _native
 from shm._native import ffi, lib
 from shm.segment import (
     COUNTER,
@@ -50,8 +48,6 @@ _SEQ_SPINS = 20_000
 RECORD_TIMEOUT_S = 1.0
 
 _load_i64 = lib.op_load_i64
-# Counter.inc trampolines per process (see the module docstring).
-TRAMPOLINES = lib.OP_TRAMP_COUNT
 _seq_read = lib.op_seq_read
 _seq_write = lib.op_seq_write
 
@@ -79,65 +75,22 @@ class RecordBusyError(SegmentError):
     """A live writer held a record for longer than the timeout (stopped or stuck)."""
 
 
-def trampolines_in_use() -> int:
-    """How many of this process's TRAMPOLINES Counter.inc trampolines are bound.
+if not hasattr(_native, "Counter") and lib.op_py_register(_native.__name__.encode()) != 0:
+    raise ImportError(f"{_native.__file__}: could not create the native Counter type; "
+                      "reinstall outpost (pip install .) to rebuild the extension")
+Counter = _native.Counter
+"""Counter(segment, name): a shared int64 total; inc() adds one, add(n) adds n.
 
-    Once all are, new Counters on other slots get the slower partial-bound inc
-    (same results, ~10 ns more per call; scripts/bench/shm.py measures both).
+A native type (see native/outpost_counter.c for why), final: not subclassable.
+"""
+
+
+def word_pointer(counter: Counter):  # -> ffi cdata int64_t*
+    """A native pointer to `counter`'s word, for bulk native calls.
+
+    Valid while the pointer object lives: it holds a buffer export of the word.
     """
-    return lib.op_tramp_used()
-
-
-def _bind_inc(ptr) -> tuple[Callable[[], None], int | None]:
-    """(inc, trampoline index) for the counter word at `ptr`; index None on the fallback.
-
-    The caller has pinned the mapping: a trampoline is never unbound, so its
-    word must stay mapped until exit. Claiming is one atomic native call that
-    returns the index already bound to `ptr` if there is one, so every Counter
-    object on a (mapping, slot) shares one trampoline and a full pool still
-    serves the slots bound before it filled up.
-    """
-    k = lib.op_tramp_claim(ptr)
-    if k < 0:
-        return partial(lib.op_inc_i64, ptr), None
-    return getattr(lib, f"op_inc_t{k}"), k
-
-
-class Counter:
-    """A monotonically increasing int64 shared by every process that maps the segment.
-
-    inc() adds one and returns None; add(n) adds n (>= 0 by convention, not
-    checked on the hot path) and returns the new total. Both are one atomic add.
-    `trampoline` is the index of the native trampoline that inc is, or None if
-    this process's pool was used up and inc is the partial-bound fallback.
-    """
-
-    __slots__ = ("_ptr", "add", "inc", "name", "trampoline")
-
-    inc: Callable[[], None]
-    add: Callable[[int], int]
-    trampoline: int | None
-
-    def __init__(self, segment: Segment, name: str) -> None:
-        self.name = name
-        self._ptr = segment.slot_words(segment.claim(name, COUNTER))
-        segment.pin()  # first: a trampoline stays bound to this word until exit
-        self.inc, self.trampoline = _bind_inc(self._ptr)
-        self.add = partial(lib.op_add_i64, self._ptr)
-
-    def native(self) -> tuple[Callable[[object], None], object]:
-        """(function, pointer): `f, p = c.native()`, then `f(p)` adds one.
-
-        The one-argument form of inc. Hoisting `inc = c.inc` out of a loop is
-        at least as fast while c has a trampoline (see scripts/bench/shm.py);
-        this stays for code that wants the pointer. The pointer stays valid for
-        the life of the process (the mapping is pinned).
-        """
-        return lib.op_inc_i64, self._ptr
-
-    def value(self) -> int:
-        """The current total (an acquire load)."""
-        return _load_i64(self._ptr)
+    return ffi.from_buffer("int64_t[]", counter.word)
 
 
 class CounterBatch:
@@ -152,7 +105,7 @@ class CounterBatch:
 
     def __init__(self, counters: Sequence[Counter]) -> None:
         self.counters = tuple(counters)
-        self._ptrs = ffi.new("int64_t *[]", [c._ptr for c in self.counters])
+        self._ptrs = ffi.new("int64_t *[]", [word_pointer(c) for c in self.counters])
 
     def add(self, deltas: Sequence[int]) -> None:
         """Add deltas[i] to counters[i], for every i, in one call."""

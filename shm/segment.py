@@ -304,12 +304,13 @@ class Segment:
     def pin(self) -> None:
         """Keep this mapping until the process exits. Metric constructors call this.
 
-        Their hot paths are functools.partial objects over a bare slot pointer
-        (an owning pointer costs ~10 ns more per call) or, for Counter.inc, a
-        native trampoline bound to the slot's address for the life of the
-        process; neither keeps the mapping alive: `inc = Counter(seg, "x").inc`
-        may outlive every other reference. A process maps one segment per
-        runtime it serves, so this keeps one mapping per restart.
+        The hot paths of Gauge, Histogram, Heartbeat and Record are
+        functools.partial objects over a bare slot pointer (an owning pointer
+        costs ~10 ns more per call), which does not keep the mapping alive:
+        `beat = Heartbeat(seg, "x").beat` may outlive every other reference.
+        (Counter owns an export of its word instead; see counter_word.) A
+        process maps one segment per runtime it serves, so this keeps one
+        mapping per restart.
         """
         if self._mm is None:
             raise SegmentError(f"{self.path}: segment is closed")
@@ -344,12 +345,26 @@ class Segment:
             raise SegmentError(f"{self.path}: segment is closed")
         return self._words
 
-    def slot_words(self, index: int):  # -> ffi cdata int64_t*
-        """Pointer to the first word of slot `index`'s data."""
+    def _slot_offset(self, index: int) -> int:
         if not 0 <= index < self.capacity:
             raise SegmentError(f"slot index {index} out of 0..{self.capacity - 1}")
-        offset = HEADER_SIZE + self.capacity * DIR_ENTRY_SIZE + index * SLOT_SIZE
-        return self._words_or_raise() + offset // 8
+        return HEADER_SIZE + self.capacity * DIR_ENTRY_SIZE + index * SLOT_SIZE
+
+    def slot_words(self, index: int):  # -> ffi cdata int64_t*
+        """Pointer to the first word of slot `index`'s data."""
+        return self._words_or_raise() + self._slot_offset(index) // 8
+
+    def counter_word(self, name: str) -> memoryview:
+        """The word of counter slot `name` (claimed on first use), as a writable view.
+
+        shm.metrics.Counter, a native type, calls this when it is made and holds
+        an export of the view, which keeps the mapping alive for as long as the
+        counter (or a bound `inc`) lives: close() then leaves unmapping to the GC.
+        """
+        index = self.claim(name, COUNTER)
+        offset = self._slot_offset(index)
+        assert self._mm is not None  # claim() raised if closed
+        return memoryview(self._mm)[offset:offset + 8]
 
     def slot_meta(self, index: int) -> int:
         """The meta word of slot `index`'s directory entry (a record's size in bytes)."""

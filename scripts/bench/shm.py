@@ -9,13 +9,11 @@ a ratio is the median over rounds of the two cases' figures from the same round,
 a burst of load from other processes on the machine lands on both sides of a ratio
 rather than on one case's block. `ratios_of_min` divides the minima (the least
 disturbed figures) for comparison.
-Cases: the bare loop; Counter.inc as agents write it (`c.inc()`, a zero-argument
-native trampoline), bound to a local (`inc()`) and as the one-argument cffi call
-(`f, p = c.native()`; `f(p)`); the path inc had before trampolines and still has
-when a process's pool is used up (`functools.partial` over the pointer, on a
-__slots__ instance, as `o.inc()`); the floors of a zero-argument cffi call
-(`lib.op_noop`, which does nothing: bound to a local, and as `o.f()` on a
-__slots__ instance, the shape of `c.inc()`); Counter.add; a C-level loop through
+Cases: the bare loop; Counter.inc as agents write it (`c.inc()`: a method of
+the native Counter type) and bound to a local (`inc()`); the same atomic add as a
+cffi call, bare (`lib.op_inc_i64(p)`) and in the shape the other metric types
+use and Counter used before it was a type (`functools.partial` over the pointer
+on a __slots__ instance, called as `o.f()`); Counter.add; a C-level loop through
 the extension (one atomic add per iteration, no Python); mp.Value with its
 lock; prometheus_client Counter.inc in single-process mode and, in a child
 process with PROMETHEUS_MULTIPROC_DIR set, multiprocess mode; Heartbeat.beat;
@@ -52,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from shm._native import lib  # noqa: E402
 
 from shm import Counter, Gauge, Heartbeat, Histogram, Record, Segment  # noqa: E402
+from shm.metrics import word_pointer  # noqa: E402
 
 TARGETS = {  # ratio name -> (comparison, bound)
     "counter_inc_over_bare_loop": ("<=", 2.5),
@@ -134,10 +133,8 @@ def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
     rec = Record(seg, "bench:record", 64)
     rec.write(bytes(range(64)))
     payload = bytes(64)
-    native_inc, ptr = c.native()
-    # The pre-trampoline inc, also the fallback once the pool is used up (shm/metrics.py).
+    ptr = word_pointer(c)
     partial_inc = _Slots(partial(lib.op_inc_i64, ptr))
-    noop_attr = _Slots(lib.op_noop)
 
     def bare_loop(n: int) -> None:
         for _ in range(n):
@@ -151,25 +148,17 @@ def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
         for _ in range(n):
             inc()
 
-    def counter_inc_partial(n: int, o: _Slots = partial_inc) -> None:
+    def cffi_inc_partial_attr(n: int, o: _Slots = partial_inc) -> None:
         for _ in range(n):
             o.f()
-
-    def noop_call(n: int, f: Callable[[], None] = lib.op_noop) -> None:
-        for _ in range(n):
-            f()  # the cheapest zero-argument cffi call: nothing but the call
-
-    def noop_attr_call(n: int, o: _Slots = noop_attr) -> None:
-        for _ in range(n):
-            o.f()  # the same call in the shape of c.inc(): attribute lookup + call
 
     def counter_add(n: int, c: Counter = c) -> None:
         for _ in range(n):
             c.add(1)
 
-    def counter_native(n: int, f: Callable = native_inc, p: object = ptr) -> None:
+    def cffi_inc(n: int, f: Callable = lib.op_inc_i64, p: object = ptr) -> None:
         for _ in range(n):
-            f(p)  # the bare cffi call: what c.inc() costs without partial and lookup
+            f(p)  # the bare cffi call of the same atomic add
 
     def c_loop_floor(n: int) -> None:
         lib.op_add_i64_repeat(ptr, 1, n)
@@ -194,14 +183,10 @@ def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
         for _ in range(n):
             h.observe(0.05)
 
-    if c.trampoline is None:
-        print("bench: this process has no free Counter.inc trampoline: counter_inc measures "
-              "the partial fallback", file=sys.stderr)
-    cases = {f.__name__: f for f in (
-        bare_loop, counter_inc, counter_inc_bound, counter_native, counter_inc_partial,
-        noop_call, noop_attr_call, counter_add, c_loop_floor,
+    return {f.__name__: f for f in (
+        bare_loop, counter_inc, counter_inc_bound, cffi_inc, cffi_inc_partial_attr,
+        counter_add, c_loop_floor,
         heartbeat_beat, record_read, record_write, gauge_set, histogram_observe)}
-    return cases, c.trampoline
 
 
 def mp_value_case() -> Callable[[int], object]:
@@ -318,7 +303,7 @@ def main() -> int:
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="outpost-bench-", dir=base) as d:
         seg = Segment.create(Path(d) / "bench.shm", 64)
-        cases, trampoline = our_cases(seg)
+        cases = our_cases(seg)
         cases["mp_value_lock"] = mp_value_case()
         cases["prometheus_single"] = prometheus_case()
         samples = timed_rounds(cases, args.n, args.repeat)
@@ -332,12 +317,9 @@ def main() -> int:
     pairs = {  # ratio name -> (numerator case, denominator case)
         "counter_inc_over_bare_loop": ("counter_inc", "bare_loop"),
         "counter_inc_bound_over_bare_loop": ("counter_inc_bound", "bare_loop"),
-        "counter_native_over_bare_loop": ("counter_native", "bare_loop"),
-        "counter_inc_partial_over_bare_loop": ("counter_inc_partial", "bare_loop"),
-        "noop_call_over_bare_loop": ("noop_call", "bare_loop"),
-        "noop_attr_call_over_bare_loop": ("noop_attr_call", "bare_loop"),
-        "counter_inc_partial_over_counter_inc": ("counter_inc_partial", "counter_inc"),
-        "counter_inc_over_noop_attr_call": ("counter_inc", "noop_attr_call"),
+        "cffi_inc_over_bare_loop": ("cffi_inc", "bare_loop"),
+        "cffi_inc_partial_attr_over_bare_loop": ("cffi_inc_partial_attr", "bare_loop"),
+        "cffi_inc_partial_attr_over_counter_inc": ("cffi_inc_partial_attr", "counter_inc"),
         "mp_value_lock_over_counter_inc": ("mp_value_lock", "counter_inc"),
         "prometheus_single_over_counter_inc": ("prometheus_single", "counter_inc"),
         "prometheus_multiprocess_over_counter_inc": ("prometheus_multiprocess", "counter_inc"),
@@ -363,8 +345,6 @@ def main() -> int:
         "repetitions": args.repeat,
         "prometheus_client_version": prom_version,
         "prometheus_multiprocess_value_class": prom_mp_class,
-        "counter_inc_path": "partial (no free trampoline)" if trampoline is None
-        else f"trampoline op_inc_t{trampoline}",
         "median_ns_per_iteration": med,
         "min_ns_per_iteration": {k: min(v) for k, v in samples.items()},
         "net_ns_per_op_over_bare_loop": {k: v - med["bare_loop"] for k, v in med.items()
@@ -379,7 +359,6 @@ def main() -> int:
         return 0
     print(f"{result['command']}  ({result['date_utc']}, load {load_before} -> "
           f"{result['load_average_1_5_15_after']})")
-    print(f"counter_inc path: {result['counter_inc_path']}")
     print(f"{'case':28} {'median ns/iter':>15} {'min ns/iter':>12}")
     for name in samples:
         print(f"{name:28} {med[name]:15.1f} {min(samples[name]):12.1f}")

@@ -28,6 +28,7 @@ from shm import (
     Segment,
     snapshot,
 )
+from shm.metrics import word_pointer
 from tests.shm.conftest import FORK, run_all
 
 PROCS = 4
@@ -58,7 +59,7 @@ def test_four_processes_times_a_million_python_incs_is_exactly_four_million(
 def _repeat_a_million(path: Path, barrier) -> None:
     c = Counter(attach(path), "hits")
     barrier.wait()
-    lib.op_add_i64_repeat(c._ptr, 1, MILLION)  # back-to-back atomic adds: worst contention
+    lib.op_add_i64_repeat(word_pointer(c), 1, MILLION)  # back-to-back atomic adds: worst contention
 
 
 def test_four_processes_times_a_million_native_adds_is_exactly_four_million(
@@ -71,7 +72,7 @@ def test_four_processes_times_a_million_native_adds_is_exactly_four_million(
 def _racy_increments(path: Path, barrier) -> None:
     c = Counter(attach(path), "racy")
     barrier.wait()
-    p, load, store = c._ptr, lib.op_load_i64, lib.op_store_i64
+    p, load, store = word_pointer(c), lib.op_load_i64, lib.op_store_i64
     for _ in range(200_000):
         store(p, load(p) + 1)  # load then store: not one atomic step
 

@@ -130,14 +130,3 @@ def test_seqlock_never_writes_past_its_slot(seg: Segment) -> None:
     big = ffi.new("char[]", n)
     assert lib.op_seq_read(rec, big, n, 10) == 0  # reads are cut at the slot too
     assert ffi.unpack(big, n) == b"\x07" * ((lib.OP_SLOT_WORDS - 2) * 8) + bytes(n - 240)
-
-
-def test_counter_native_pair_adds_one_per_call(seg: Segment) -> None:
-    from shm import Counter
-
-    c = Counter(seg, "hot")
-    f, p = c.native()
-    for _ in range(5):
-        f(p)
-    c.inc()
-    assert c.value() == 6
