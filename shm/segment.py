@@ -178,6 +178,11 @@ class Segment:
         self._mm: mmap.mmap | None = mm
         self._base = ffi.from_buffer("char[]", mm)
         self._words = ffi.cast("int64_t *", self._base)
+        # find()'s cache: a ready slot never changes its name or kind while the
+        # segment lives, so each directory entry is read once; entries before
+        # _scanned are all cached.
+        self._found: dict[str, tuple[int, int]] = {}
+        self._scanned = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -375,11 +380,31 @@ class Segment:
         return bytes(self._mm[start: start + NAME_MAX]).rstrip(b"\0").decode("utf-8", "replace")
 
     def find(self, name: str) -> tuple[int, int] | None:
-        """(index, kind) of the ready slot called `name`, or None."""
-        for index, slot_name, kind in self.slots():
-            if slot_name == name:
-                return index, kind
-        return None
+        """(index, kind) of the ready slot called `name`, or None.
+
+        Reads only the directory entries it has not seen yet (status asks for
+        every agent's heartbeat slot per call, and most exec agents have none).
+        """
+        found = self._found.get(name)
+        if found is None:
+            self._read_new_entries()
+            found = self._found.get(name)
+        return found
+
+    def _read_new_entries(self) -> None:
+        words = self._words_or_raise()
+        index, contiguous = self._scanned, True
+        while index < self.capacity:
+            state = lib.op_load_i64(words + self._entry_word(index))
+            if state == 0:
+                break  # slots are claimed in order: the first free one ends the list
+            if state > 0:
+                self._found.setdefault(self._name_at(index), (index, state))
+            else:
+                contiguous = False  # being claimed: read it again next time
+            index += 1
+            if contiguous:
+                self._scanned = index
 
     def slots(self) -> Iterator[tuple[int, str, int]]:
         """(index, name, kind) of every ready slot, in directory order."""

@@ -16,6 +16,7 @@ from shm._native import ffi, lib
 from shm import (
     Counter,
     Gauge,
+    Heartbeat,
     Histogram,
     Record,
     Segment,
@@ -315,3 +316,15 @@ def test_a_bound_inc_outlives_its_counter_and_segment(seg: Segment, seg_path: Pa
     # In a child, so a crash shows as an exit code instead of taking pytest down.
     run_all(_bound_inc_outlives_everything, [(seg_path,)])
     assert Counter(seg, "c").value() == 1000
+
+
+def test_find_sees_slots_claimed_after_a_miss_and_by_other_mappings(
+        seg: Segment, seg_path: Path) -> None:
+    assert seg.find("late:heartbeat") is None  # a miss is not remembered as absent
+    Heartbeat(seg, "late:heartbeat")
+    assert seg.find("late:heartbeat") == (0, 4)  # HEARTBEAT
+    other = Segment.attach(seg_path, writable=True)
+    assert other.find("theirs") is None
+    Counter(other, "theirs")
+    assert seg.find("theirs") == (1, 1)  # COUNTER, claimed through another mapping
+    assert seg.find("late:heartbeat") == (0, 4)
