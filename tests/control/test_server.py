@@ -353,3 +353,52 @@ def test_refusals_are_logged_but_not_without_bound(caplog: pytest.LogCaptureFixt
     assert len(logged) == 20
     assert "pid 100 uid 4242 gid 4242" in logged[0]
     assert server._refusals_unlogged == 5  # counted, summarised once the minute is over
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[await sock.send(view):]
+
+
+async def test_a_reply_larger_than_the_socket_buffer_arrives_whole(served) -> None:
+    # The server writes what the socket takes at once, then waits for the rest.
+    _, path, _ = served
+    client = await AsyncClient.connect(path)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    pad = "".join(chr(ord("a") + i % 26) for i in range(700_000))
+    client.ids += 1
+    await _send_all(client.sock, client.conn.send(Request(client.ids, "echo", {"pad": pad})))
+    with trio.fail_after(10):
+        event = await client.next()
+    assert isinstance(event, Response) and event.result == {"pad": pad}
+    assert isinstance(await client.call("echo", n=2), Response)  # the connection goes on
+    client.close()
+
+
+async def test_pipelined_requests_are_answered_in_order_without_starving_others(
+        served) -> None:
+    server, path, _ = served
+    client = await AsyncClient.connect(path)
+    n = 300
+    batch = b"".join(client.conn.send(Request(i, "echo", {"i": i})) for i in range(1, n + 1))
+    base = server.requests
+    seen: set[int] = set()  # how far the server had got, each time another task ran
+    done = trio.Event()
+
+    async def other_task() -> None:
+        while not done.is_set():
+            seen.add(server.requests - base)
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        await _send_all(client.sock, batch)  # one write: the server reads many frames at once
+        with trio.fail_after(10):
+            answers = [await client.next() for _ in range(n)]
+        done.set()
+    assert [a.id for a in answers] == list(range(1, n + 1))
+    assert [a.result["i"] for a in answers] == list(range(1, n + 1))
+    # The server yielded between answers instead of running the batch in one go.
+    assert len({k for k in seen if 0 < k < n}) > n // 10
+    client.close()
