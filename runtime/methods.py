@@ -18,7 +18,7 @@ import trio
 
 from runtime.agents import state_stream
 from runtime.config import ConfigError, load_config
-from runtime.control import MethodError, Stream
+from runtime.control import MethodError, Stream, Table
 from runtime.control.server import Handler
 from runtime.store import StoreError
 from shm import prometheus_text, snapshot
@@ -92,12 +92,12 @@ def control_methods(rt: Runtime) -> dict[str, Handler]:
 
     async def status(params: dict[str, Any]) -> dict:
         """Every agent's row (or one agent's, with params.agent)."""
-        rows = rt.supervisor.status()
+        sup = rt.supervisor
+        rows = sup.status_rows()
         if params.get("agent") is not None:
             name = _agent_name(rt, params)
-            return {"agents": [r for r in rows if r["name"] == name]}
-        groups = getattr(rt.supervisor, "groups_status", None)
-        return {"agents": rows, **({"groups": groups()} if groups is not None else {})}
+            return {"agents": Table(sup.STATUS_COLUMNS, [r for r in rows if r[0] == name])}
+        return {"agents": Table(sup.STATUS_COLUMNS, rows), "groups": sup.groups_status()}
 
     def agent_action(action: str) -> Handler:
         async def handler(params: dict[str, Any]) -> dict:

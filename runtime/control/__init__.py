@@ -1,7 +1,7 @@
 """Local control: a sans-IO protocol, a thin trio server, and a blocking client."""
 
 from runtime.control.client import ControlClient, NotRunningError, RemoteError
-from runtime.control.protocol import Connection, ProtocolError
+from runtime.control.protocol import Connection, ProtocolError, Table
 from runtime.control.server import ControlServer, Limits, MethodError, Stream
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "Stream",
+    "Table",
 ]

@@ -19,6 +19,12 @@ tracked on both sides: a response, error or stream item for an id that is not
 open is a ProtocolError, and a stream stays open until its end (or error).
 Requests may be pipelined; answers come in request order.
 
+Tables: a result may hold a list of maps that share their keys (status rows,
+events) as msgpack ext type 1 whose data is the msgpack array [columns, rows]:
+the keys once, then each row's values in column order. It is 2-3x smaller and
+cheaper to encode and decode than the maps; the receiving Connection turns it
+back into the list of maps, so callers never see the difference.
+
 A peer that breaks the protocol (oversized or undecodable frame, wrong shape,
 request before hello) gets a ProtocolError; the connection is then done.
 
@@ -38,6 +44,7 @@ import msgpack
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
 MAX_CONTAINER = 65536  # elements per msgpack array/map: bounds the work one frame causes
+TABLE_EXT = 1  # msgpack ext type of a Table
 _LEN = struct.Struct(">I")
 
 CLIENT, SERVER = "client", "server"
@@ -70,6 +77,18 @@ class Request:
     id: int
     method: str
     params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A list of maps that share their keys, sent compactly (see the module docstring).
+
+    Put one anywhere in a result: `Table(("name", "state"), [("a", "up"), ...])`
+    arrives as `[{"name": "a", "state": "up"}, ...]`.
+    """
+
+    columns: tuple[str, ...] | list[str]
+    rows: list[tuple[Any, ...]] | list[list[Any]]
 
 
 @dataclass(frozen=True)
@@ -118,26 +137,72 @@ CLOSED = _Sentinel("CLOSED")
 Event = Hello | Request | Response | ErrorResponse | StreamItem | StreamEnd
 
 
-def encode_frame(obj: Any, max_frame: int = MAX_FRAME) -> bytes:
-    """One frame: length prefix + msgpack body. ProtocolError if it would exceed `max_frame`
-    or the value is not msgpack data."""
-    try:
-        body = msgpack.packb(obj, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"cannot encode a frame: {exc}", code="unencodable") from None
-    if len(body) > max_frame:
-        raise ProtocolError(f"frame of {len(body)} bytes exceeds the {max_frame}-byte limit",
-                            code="too_large")
-    return _LEN.pack(len(body)) + body
+class _Encoder:
+    """Values -> frames (length prefix + msgpack body); Table values become ext type 1.
+
+    Keeps its msgpack Packers: msgpack.packb makes a new Packer per call, and each
+    allocates a 1 MiB buffer (and a nested packb for a table another one); reusing
+    them took a 10-row status reply from ~19 to ~4 us. One per Connection, which
+    one task or thread drives.
+    """
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self._table_packer = msgpack.Packer(use_bin_type=True)
+        self._packer = msgpack.Packer(use_bin_type=True, default=self._table)
+
+    def __call__(self, obj: Any) -> bytes:
+        """ProtocolError if the frame would exceed max_frame or `obj` is not msgpack data."""
+        try:
+            body = self._packer.pack(obj)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()  # a failed pack leaves its partial output behind
+            self._table_packer.reset()
+            raise ProtocolError(f"cannot encode a frame: {exc}", code="unencodable") from None
+        if len(body) > self.max_frame:
+            raise ProtocolError(f"frame of {len(body)} bytes exceeds the {self.max_frame}-byte "
+                                "limit", code="too_large")
+        return _LEN.pack(len(body)) + body
+
+    def _table(self, obj: Any) -> msgpack.ExtType:
+        if isinstance(obj, Table):
+            return msgpack.ExtType(TABLE_EXT, self._table_packer.pack([obj.columns, obj.rows]))
+        raise TypeError(f"cannot serialize {type(obj).__name__} object")
 
 
-def _decode_body(body: bytes, max_frame: int) -> Any:
-    try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=True, max_bin_len=max_frame,
-                               max_str_len=max_frame, max_array_len=MAX_CONTAINER,
-                               max_map_len=MAX_CONTAINER, max_ext_len=0)
-    except Exception as exc:
-        raise ProtocolError(f"undecodable msgpack frame: {exc}") from None
+def _unpack_limits(max_frame: int, max_ext_len: int) -> dict[str, Any]:
+    return dict(raw=False, strict_map_key=True, max_bin_len=max_frame, max_str_len=max_frame,
+                max_array_len=MAX_CONTAINER, max_map_len=MAX_CONTAINER, max_ext_len=max_ext_len)
+
+
+class _Decoder:
+    """msgpack bodies -> values, with the frame's limits; tables become lists of maps."""
+
+    def __init__(self, max_frame: int) -> None:
+        self._frame_limits = _unpack_limits(max_frame, max_frame)
+        self._table_limits = _unpack_limits(max_frame, 0)  # tables do not nest
+
+    def __call__(self, body: bytes) -> Any:
+        try:
+            return msgpack.unpackb(body, ext_hook=self._table, **self._frame_limits)
+        except Exception as exc:
+            raise ProtocolError(f"undecodable msgpack frame: {exc}") from None
+
+    def _table(self, code: int, data: bytes) -> list[dict[str, Any]]:
+        if code != TABLE_EXT:
+            raise ValueError(f"unknown msgpack ext type {code}")
+        table = msgpack.unpackb(data, **self._table_limits)
+        if not (type(table) is list and len(table) == 2 and type(table[0]) is list
+                and type(table[1]) is list and all(type(c) is str for c in table[0])):
+            raise ValueError("a table must be [columns (strings), rows]")
+        columns, rows = table
+        width = len(columns)
+        out = []
+        for row in rows:
+            if type(row) is not list or len(row) != width:
+                raise ValueError(f"every table row must be an array of {width} values")
+            out.append(dict(zip(columns, row, strict=False)))  # width checked just above
+        return out
 
 
 class Connection:
@@ -153,6 +218,8 @@ class Connection:
             raise ValueError(f"role must be {CLIENT!r} or {SERVER!r}")
         self.role = role
         self.max_frame = max_frame
+        self._encode = _Encoder(max_frame)
+        self._decode = _Decoder(max_frame)
         self.handshaken = False
         self._hello_sent = False
         self._buffer = bytearray()
@@ -191,7 +258,7 @@ class Connection:
             return self._end_or_need()
         body = bytes(self._buffer[_LEN.size: _LEN.size + length])
         del self._buffer[: _LEN.size + length]
-        return self._interpret(_decode_body(body, self.max_frame))
+        return self._interpret(self._decode(body))
 
     def _end_or_need(self) -> _Sentinel:
         if self._eof:
@@ -276,7 +343,7 @@ class Connection:
             obj = {"id": event.id, "end": True}
         else:
             raise TypeError(f"cannot send {event!r}")
-        data = encode_frame(obj, self.max_frame)
+        data = self._encode(obj)
         self._after_send(event)
         return data
 

@@ -199,27 +199,33 @@ class Supervisor:
 
     # -- status ----------------------------------------------------------------------
 
-    def status(self) -> list[dict]:
-        """One plain-data row per agent, in start order."""
+    STATUS_COLUMNS = ("name", "kind", "group", "state", "pid", "restarts", "uptime_s",
+                      "heartbeat_age_s", "last_exit", "cpu_percent", "memory_rss_bytes",
+                      "ready", "status")
+
+    def status_rows(self) -> list[tuple]:
+        """One tuple of STATUS_COLUMNS values per agent, in start order.
+
+        Tuples, not dicts: the control socket sends them as a table
+        (runtime.control.Table), and 13-key dicts per agent were a measurable
+        part of a status call.
+        """
+        heartbeat_age = self._heartbeat_age
         rows = []
         for child in self.children:
             uptime = child.uptime()
-            rows.append({
-                "name": child.name,
-                "kind": child.spec.kind,
-                "group": child.path,
-                "state": child.state,
-                "pid": child.pid,
-                "restarts": child.restarts,
-                "uptime_s": None if uptime is None else round(uptime, 3),
-                "heartbeat_age_s": self._heartbeat_age(child.name),
-                "last_exit": child.last_exit,
-                "cpu_percent": child.cpu_percent,
-                "memory_rss_bytes": child.memory_rss_bytes,
-                "ready": child.ready.is_set() and child.state == RUNNING,
-                "status": child.status_text,
-            })
+            rows.append((
+                child.name, child.spec.kind, child.path, child.state, child.pid, child.restarts,
+                None if uptime is None else round(uptime, 3), heartbeat_age(child.name),
+                child.last_exit, child.cpu_percent, child.memory_rss_bytes,
+                child.state == RUNNING and child.ready.is_set(), child.status_text,
+            ))
         return rows
+
+    def status(self) -> list[dict]:
+        """One plain-data row per agent, in start order (STATUS_COLUMNS are the keys)."""
+        columns = self.STATUS_COLUMNS
+        return [dict(zip(columns, row, strict=True)) for row in self.status_rows()]
 
     def groups_status(self) -> list[dict]:
         """One row per group (the root first): path, strategy, state, recent restarts."""

@@ -23,6 +23,7 @@ from runtime.control.protocol import (
     Response,
     StreamEnd,
     StreamItem,
+    Table,
 )
 
 
@@ -262,3 +263,49 @@ def test_random_bytes_only_ever_raise_protocol_error() -> None:
                 break
             assert server.buffered <= 4096 + 4 + 64 + 4
     assert seen_errors > 1000  # random bytes are mostly rejected, not silently accepted
+
+
+def test_a_table_arrives_as_a_list_of_maps_and_travels_smaller() -> None:
+    client, server = pair()
+    columns = ("name", "state", "pid")
+    rows = [(f"agent{i}", "running", 100 + i) for i in range(10)]
+    as_maps = [dict(zip(columns, r, strict=True)) for r in rows]
+    request(client, server, Request(1, "status", {}))
+    data = server.send(Response(1, {"agents": Table(columns, rows), "n": 10}))
+    client.receive_data(data)
+    assert client.next_event() == Response(1, {"agents": as_maps, "n": 10})
+    assert len(data) < len(frame({"id": 1, "result": {"agents": as_maps, "n": 10}}))
+    request(client, server, Request(2, "status", {}))  # an empty table is an empty list
+    client.receive_data(server.send(Response(2, Table(columns, []))))
+    assert client.next_event() == Response(2, [])
+
+
+def _table_frame(payload: object, code: int = 1) -> bytes:
+    ext = msgpack.ExtType(code, msgpack.packb(payload, use_bin_type=True))
+    return frame({"id": 1, "result": ext})
+
+
+@pytest.mark.parametrize("data", [
+    _table_frame([["a", "b"], [[1, 2], [3]]]),  # a short row
+    _table_frame([["a", 2], [[1, 2]]]),  # a column that is not a string
+    _table_frame([["a"]]),  # no rows part
+    _table_frame({"a": 1}),  # not [columns, rows]
+    _table_frame([["a"], [1]]),  # a row that is not an array
+    _table_frame([["a"], [[1]]], code=9),  # an ext type we do not know
+    frame({"id": 1, "result": msgpack.ExtType(1, b"\xc1")}),  # undecodable table data
+])
+def test_a_malformed_table_is_a_protocol_error(data: bytes) -> None:
+    client, _ = pair()
+    client.send(Request(1, "status", {}))
+    client.receive_data(data)
+    with pytest.raises(ProtocolError, match="undecodable"):
+        client.next_event()
+
+
+def test_an_unencodable_result_leaves_the_connection_usable() -> None:
+    client, server = pair()
+    request(client, server, Request(1, "x", {}))
+    with pytest.raises(ProtocolError, match="cannot encode"):
+        server.send(Response(1, {"table": Table(("a",), [(object(),)])}))
+    client.receive_data(server.send(Response(1, {"ok": True})))  # nothing half-packed leaks
+    assert client.next_event() == Response(1, {"ok": True})
