@@ -8,7 +8,9 @@ msgpack protocol through runtime.control.ControlClient, supervisord's XML-RPC
 through supervisor.xmlrpc.SupervisorTransport (what supervisorctl uses). Each
 client keeps one connection and calls in a closed loop; 1 client, then 8
 concurrent client processes. Latencies are every call's wall time, merged over
-clients; requests/s is calls completed / measured seconds.
+clients; requests/s is calls completed / measured seconds. For context the same
+1-client loop also times outpost's `ping` (the protocol with no work) and a bare
+trio echo server with a raw socket client (the machine's round-trip floor).
 
     .venv/bin/python scripts/bench/control.py [--programs 10] [--seconds 5] [--json]
 
@@ -50,6 +52,62 @@ def _outpost_call(path: str, method: str = "status"):
     return lambda: client.call(method)
 
 
+def _echo_call(path: str):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    payload = b"\0\0\0\x10" + b"x" * 16  # a ping-sized frame
+
+    def call() -> bytes:
+        sock.sendall(payload)
+        return sock.recv(65536)
+    return call
+
+
+def echo_server(path: str) -> None:
+    """The transport floor: a bare trio server that echoes whatever it reads."""
+    import socket
+
+    import trio
+
+    async def serve() -> None:
+        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await listener.bind(path)
+        listener.listen()
+
+        async def echo(conn: trio.socket.SocketType) -> None:
+            with conn:
+                while data := await conn.recv(65536):
+                    await conn.send(data)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await listener.accept()
+                nursery.start_soon(echo, conn)
+
+    trio.run(serve)
+
+
+def status_frame_bytes(path: str) -> int:
+    """Bytes of one status answer on the wire (length prefix included)."""
+    import socket
+
+    from runtime.control.protocol import CLIENT, Connection, Hello, Request
+
+    conn = Connection(CLIENT)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendall(conn.send(Hello()))
+        conn.receive_data(sock.recv(65536))
+        assert isinstance(conn.next_event(), Hello)
+        sock.sendall(conn.send(Request(1, "status", {})))
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            data += sock.recv(65536)
+        return len(data)
+
+
 def _supervisord_call(path: str):
     import xmlrpc.client
 
@@ -67,6 +125,8 @@ def worker(system: str, path: str, start_at: float, seconds: float, out: str) ->
         call = _outpost_call(path)
     elif system == "outpost-ping":  # the transport alone: the cheapest method there is
         call = _outpost_call(path, "ping")
+    elif system == "echo":  # no protocol at all: trio echo server, raw socket client
+        call = _echo_call(path)
     else:
         call = _supervisord_call(path)
     call()  # connect and warm up before the clock starts
@@ -219,11 +279,11 @@ def main() -> int:
         (tmp / "s").mkdir()
         outpost, outpost_sock = start_outpost(tmp / "o", args.programs)
         supervisord, supervisord_sock = start_supervisord(tmp / "s", args.programs)
-        from runtime.control import ControlClient
 
-        with ControlClient(outpost_sock) as c:
-            results["outpost_status_reply_bytes"] = len(
-                __import__("msgpack").packb(c.call("status")))
+        results["outpost_status_frame_bytes"] = status_frame_bytes(outpost_sock)
+        echo_sock = str(tmp / "echo.sock")
+        echo = subprocess.Popen([sys.executable, __file__, "--echo-server", echo_sock])
+        wait_for(lambda: Path(echo_sock).exists(), 30, "the echo server")
         try:
             for clients in (1, 8):
                 results[f"outpost_{clients}_client"] = measure(
@@ -233,8 +293,10 @@ def main() -> int:
             # Context for what bounds status: the same round trip with no work in it.
             results["outpost_ping_1_client"] = measure(
                 "outpost-ping", outpost_sock, 1, args.seconds, tmp)
+            # The machine's floor: a round trip through trio with no protocol and no work.
+            results["echo_floor_1_client"] = measure("echo", echo_sock, 1, args.seconds, tmp)
         finally:
-            for proc in (outpost, supervisord):
+            for proc in (outpost, supervisord, echo):
                 proc.terminate()
                 try:
                     proc.wait(timeout=30)
@@ -276,6 +338,11 @@ def main() -> int:
     r = results["outpost_ping_1_client"]
     print(f"{'(ping)':<12} {1:>7} {r['requests_per_s']:>10.0f} {r['latency_p50_ms']:>9.4f} "
           f"{r['latency_p99_ms']:>9.4f} {r['latency_mean_ms']:>9.4f}   outpost transport only")
+    r = results["echo_floor_1_client"]
+    print(f"{'(echo)':<12} {1:>7} {r['requests_per_s']:>10.0f} {r['latency_p50_ms']:>9.4f} "
+          f"{r['latency_p99_ms']:>9.4f} {r['latency_mean_ms']:>9.4f}   bare trio echo: "
+          "the machine's floor")
+    print(f"status answer: {results['outpost_status_frame_bytes']} bytes on the wire")
     print()
     for clients in (1, 8):
         print(f"{clients} client(s): outpost/supervisord rate "
@@ -291,6 +358,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--echo-server":
+        echo_server(sys.argv[2])
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         _, _, system, path, start_at, seconds, out = sys.argv
         worker(system, path, float(start_at), float(seconds), out)
