@@ -29,8 +29,8 @@ def _kernel_timeout(sock: socket.socket, timeout: float | None) -> None:
     """Bound each blocking send/recv (and connect) on `sock` by `timeout` in the kernel.
 
     Not socket.settimeout: that makes every call poll() before it reads or
-    writes, an extra syscall and an extra wakeup per call that cost ~30 us of
-    a ~80 us round trip on our VM (scripts/bench/control.py). A timed-out call
+    writes, an extra syscall and an extra wakeup per call that cost 5-30 us of
+    a 70-180 us round trip on our VM (scripts/bench/control.py). A timed-out call
     raises BlockingIOError (EAGAIN) instead of TimeoutError; the callers
     translate. None or 0 waits forever.
     """
