@@ -11,9 +11,10 @@ Python frame:
 
 See scripts/bench/shm.py for what each layer costs.
 
-Making one pins the mapping for the life of the process (Segment.pin), so an
-object or a bound method that outlives its segment or a runtime restart writes
-to the old, unseen mapping rather than to unmapped memory.
+Making one of the others pins the mapping for the life of the process
+(Segment.pin); a Counter holds a buffer export of its word instead. Either way
+an object or a bound method that outlives its segment or a runtime restart
+writes to the old, unseen mapping rather than to unmapped memory.
 """
 
 from __future__ import annotations
