@@ -10,7 +10,9 @@ client keeps one connection and calls in a closed loop; 1 client, then 8
 concurrent client processes. Latencies are every call's wall time, merged over
 clients; requests/s is calls completed / measured seconds. For context the same
 1-client loop also times outpost's `ping` (the protocol with no work) and a bare
-trio echo server with a raw socket client (the machine's round-trip floor).
+trio echo server with a raw socket client (the machine's round-trip floor), once
+back to back and once with the server left idle for 50 us between requests (what
+a client decoding its answer does to it; on a VM, waking a halted vCPU costs).
 
     .venv/bin/python scripts/bench/control.py [--programs 10] [--seconds 5] [--json]
 
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 TARGET_P50_MS = 0.1
 TARGET_RATE_RATIO = 4.0
+ECHO_IDLE_US = 50
 
 
 # -- workers (run as separate processes) ---------------------------------------------
@@ -125,7 +128,7 @@ def worker(system: str, path: str, start_at: float, seconds: float, out: str) ->
         call = _outpost_call(path)
     elif system == "outpost-ping":  # the transport alone: the cheapest method there is
         call = _outpost_call(path, "ping")
-    elif system == "echo":  # no protocol at all: trio echo server, raw socket client
+    elif system in ("echo", "echo-idle"):  # no protocol: trio echo server, raw client
         call = _echo_call(path)
     else:
         call = _supervisord_call(path)
@@ -135,10 +138,17 @@ def worker(system: str, path: str, start_at: float, seconds: float, out: str) ->
     lat = array.array("q")
     perf = time.perf_counter_ns
     end = start_at + seconds
+    # echo-idle: the server idles ECHO_IDLE_US between requests, as it does while a
+    # real client decodes an answer (busy-waiting, so the client itself stays awake).
+    idle_ns = ECHO_IDLE_US * 1000 if system == "echo-idle" else 0
     while True:
         t0 = perf()
         call()
-        lat.append(perf() - t0)
+        t1 = perf()
+        lat.append(t1 - t0)
+        if idle_ns:
+            while perf() - t1 < idle_ns:
+                pass
         if time.monotonic() >= end:
             break
     with open(out, "wb") as f:
@@ -295,6 +305,10 @@ def main() -> int:
                 "outpost-ping", outpost_sock, 1, args.seconds, tmp)
             # The machine's floor: a round trip through trio with no protocol and no work.
             results["echo_floor_1_client"] = measure("echo", echo_sock, 1, args.seconds, tmp)
+            # The same after the server idled ECHO_IDLE_US: what waking a halted vCPU adds.
+            results["echo_floor_after_idle_1_client"] = measure(
+                "echo-idle", echo_sock, 1, args.seconds, tmp)
+            results["echo_idle_us_between_calls"] = ECHO_IDLE_US
         finally:
             for proc in (outpost, supervisord, echo):
                 proc.terminate()
@@ -342,6 +356,10 @@ def main() -> int:
     print(f"{'(echo)':<12} {1:>7} {r['requests_per_s']:>10.0f} {r['latency_p50_ms']:>9.4f} "
           f"{r['latency_p99_ms']:>9.4f} {r['latency_mean_ms']:>9.4f}   bare trio echo: "
           "the machine's floor")
+    r = results["echo_floor_after_idle_1_client"]
+    print(f"{'(echo idle)':<12} {1:>7} {r['requests_per_s']:>10.0f} {r['latency_p50_ms']:>9.4f} "
+          f"{r['latency_p99_ms']:>9.4f} {r['latency_mean_ms']:>9.4f}   the same, server idle "
+          f"{ECHO_IDLE_US} us between calls")
     print(f"status answer: {results['outpost_status_frame_bytes']} bytes on the wire")
     print()
     for clients in (1, 8):
