@@ -40,6 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.runtime_proc import RuntimeProc, wait_for  # noqa: E402
+
 TARGET_P50_MS = 0.1
 TARGET_RATE_RATIO = 4.0
 ECHO_IDLE_US = 50
@@ -170,20 +172,7 @@ def ensure_supervisor() -> str:
     return version("supervisor")
 
 
-def wait_for(condition, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def start_outpost(directory: Path, programs: int) -> tuple[subprocess.Popen, str]:
-    from tests.runtime_proc import RuntimeProc
-
     agents = "".join(f'[[agents]]\nname = "p{i}"\nkind = "exec"\ncommand = "sleep 3600"\n\n'
                      for i in range(programs))
     config = directory / "outpost.toml"
