@@ -13,6 +13,7 @@ from shm._native import lib
 
 from shm import Counter, CounterBatch, Segment, SegmentError
 from shm.metrics import word_pointer
+from shm.segment import COUNTER
 from tests.shm.conftest import FORK, run_all
 
 PROCS = 4
@@ -42,7 +43,7 @@ def test_objects_and_mappings_of_one_slot_share_one_count(seg: Segment, seg_path
 def test_the_word_is_the_slot_the_directory_names(seg: Segment) -> None:
     c = Counter(seg, "w")
     c.add(41)
-    index = seg.claim("w", 1)  # COUNTER: the existing slot, not a new one
+    index = seg.claim("w", COUNTER)  # the existing slot, not a new one
     assert lib.op_load_i64(seg.slot_words(index)) == 41
     assert len(c.word) == 8 and not c.word.readonly
 

@@ -25,7 +25,15 @@ from shm import (
     SegmentNotLiveError,
     snapshot,
 )
-from shm.segment import _HEADER, HEADER_SIZE, LAYOUT_VERSION, NAME_MAX, segment_size
+from shm.segment import (
+    _HEADER,
+    COUNTER,
+    HEADER_SIZE,
+    HEARTBEAT,
+    LAYOUT_VERSION,
+    NAME_MAX,
+    segment_size,
+)
 from tests.shm.conftest import FORK, run_all
 
 
@@ -322,9 +330,9 @@ def test_find_sees_slots_claimed_after_a_miss_and_by_other_mappings(
         seg: Segment, seg_path: Path) -> None:
     assert seg.find("late:heartbeat") is None  # a miss is not remembered as absent
     Heartbeat(seg, "late:heartbeat")
-    assert seg.find("late:heartbeat") == (0, 4)  # HEARTBEAT
+    assert seg.find("late:heartbeat") == (0, HEARTBEAT)
     other = Segment.attach(seg_path, writable=True)
     assert other.find("theirs") is None
     Counter(other, "theirs")
-    assert seg.find("theirs") == (1, 1)  # COUNTER, claimed through another mapping
-    assert seg.find("late:heartbeat") == (0, 4)
+    assert seg.find("theirs") == (1, COUNTER)  # claimed through another mapping
+    assert seg.find("late:heartbeat") == (0, HEARTBEAT)
