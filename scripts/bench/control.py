@@ -12,7 +12,9 @@ clients; requests/s is calls completed / measured seconds. For context the same
 1-client loop also times outpost's `ping` (the protocol with no work) and a bare
 trio echo server with a raw socket client (the machine's round-trip floor), once
 back to back and once with the server left idle for 50 us between requests (what
-a client decoding its answer does to it; on a VM, waking a halted vCPU costs).
+a client decoding its answer does to it; on a VM, waking a halted vCPU costs),
+and our client against a trio server that replays the runtime's own status answer
+to every request, built once (the floor for status with no work on the server).
 
     .venv/bin/python scripts/bench/control.py [--programs 10] [--seconds 5] [--json]
 
@@ -94,8 +96,46 @@ def echo_server(path: str) -> None:
     trio.run(serve)
 
 
-def status_frame_bytes(path: str) -> int:
-    """Bytes of one status answer on the wire (length prefix included)."""
+def canned_server(path: str, frame_file: str) -> None:
+    """Speak the control protocol, answering every request with the result held in
+    `frame_file` (a status answer captured from the runtime, its table kept as the
+    same encoded bytes): everything a status call costs except the runtime's work."""
+    import socket
+
+    import msgpack
+    import trio
+
+    from runtime.control.protocol import CLOSED, NEED_DATA, SERVER, Connection, Hello, Response
+
+    body = Path(frame_file).read_bytes()[4:]
+    result = msgpack.unpackb(body, raw=False, ext_hook=msgpack.ExtType)["result"]
+
+    async def serve() -> None:
+        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await listener.bind(path)
+        listener.listen()
+
+        async def answer(sock: trio.socket.SocketType) -> None:
+            conn = Connection(SERVER)
+            with sock:
+                while (event := conn.next_event()) is not CLOSED:
+                    if event is NEED_DATA:
+                        conn.receive_data(await sock.recv(65536))
+                    elif isinstance(event, Hello):
+                        await sock.send(conn.send(Hello(server="canned")))
+                    else:
+                        await sock.send(conn.send(Response(event.id, result)))
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await listener.accept()
+                nursery.start_soon(answer, conn)
+
+    trio.run(serve)
+
+
+def status_frame(path: str) -> bytes:
+    """One status answer as it travels on the wire (length prefix included)."""
     import socket
 
     from runtime.control.protocol import CLIENT, Connection, Hello, Request
@@ -110,7 +150,7 @@ def status_frame_bytes(path: str) -> int:
         data = b""
         while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
             data += sock.recv(65536)
-        return len(data)
+        return data
 
 
 def _supervisord_call(path: str):
@@ -130,6 +170,8 @@ def worker(system: str, path: str, start_at: float, seconds: float, out: str) ->
         call = _outpost_call(path)
     elif system == "outpost-ping":  # the transport alone: the cheapest method there is
         call = _outpost_call(path, "ping")
+    elif system == "canned":  # our client; the server replays a status answer
+        call = _outpost_call(path)
     elif system in ("echo", "echo-idle"):  # no protocol: trio echo server, raw client
         call = _echo_call(path)
     else:
@@ -279,10 +321,15 @@ def main() -> int:
         outpost, outpost_sock = start_outpost(tmp / "o", args.programs)
         supervisord, supervisord_sock = start_supervisord(tmp / "s", args.programs)
 
-        results["outpost_status_frame_bytes"] = status_frame_bytes(outpost_sock)
-        echo_sock = str(tmp / "echo.sock")
+        frame = status_frame(outpost_sock)
+        results["outpost_status_frame_bytes"] = len(frame)
+        (tmp / "status.frame").write_bytes(frame)
+        echo_sock, canned_sock = str(tmp / "echo.sock"), str(tmp / "canned.sock")
         echo = subprocess.Popen([sys.executable, __file__, "--echo-server", echo_sock])
+        canned = subprocess.Popen([sys.executable, __file__, "--canned-server", canned_sock,
+                                   str(tmp / "status.frame")])
         wait_for(lambda: Path(echo_sock).exists(), 30, "the echo server")
+        wait_for(lambda: Path(canned_sock).exists(), 30, "the canned status server")
         try:
             for clients in (1, 8):
                 results[f"outpost_{clients}_client"] = measure(
@@ -298,8 +345,11 @@ def main() -> int:
             results["echo_floor_after_idle_1_client"] = measure(
                 "echo-idle", echo_sock, 1, args.seconds, tmp)
             results["echo_idle_us_between_calls"] = ECHO_IDLE_US
+            # Our client's status call when the server has nothing to compute.
+            results["status_floor_canned_answer_1_client"] = measure(
+                "canned", canned_sock, 1, args.seconds, tmp)
         finally:
-            for proc in (outpost, supervisord, echo):
+            for proc in (outpost, supervisord, echo, canned):
                 proc.terminate()
                 try:
                     proc.wait(timeout=30)
@@ -349,6 +399,10 @@ def main() -> int:
     print(f"{'(echo idle)':<12} {1:>7} {r['requests_per_s']:>10.0f} {r['latency_p50_ms']:>9.4f} "
           f"{r['latency_p99_ms']:>9.4f} {r['latency_mean_ms']:>9.4f}   the same, server idle "
           f"{ECHO_IDLE_US} us between calls")
+    r = results["status_floor_canned_answer_1_client"]
+    print(f"{'(canned)':<12} {1:>7} {r['requests_per_s']:>10.0f} {r['latency_p50_ms']:>9.4f} "
+          f"{r['latency_p99_ms']:>9.4f} {r['latency_mean_ms']:>9.4f}   our status client, a "
+          "server that only replays the answer")
     print(f"status answer: {results['outpost_status_frame_bytes']} bytes on the wire")
     print()
     for clients in (1, 8):
@@ -367,6 +421,9 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--echo-server":
         echo_server(sys.argv[2])
+        sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "--canned-server":
+        canned_server(sys.argv[2], sys.argv[3])
         sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         _, _, system, path, start_at, seconds, out = sys.argv
