@@ -295,7 +295,22 @@ def machine() -> dict:
                 model = line.split(":", 1)[1].strip()
                 break
     return {"cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), **idle_policy()}
+
+
+def idle_policy() -> dict:
+    """How this machine's CPUs idle, which sets the price of every wakeup in a round
+    trip: the cpuidle driver and, for KVM guests with cpuidle-haltpoll, how long an
+    idle vCPU polls before it halts (Linux's default is 200000 ns; 0 halts at once,
+    and each halt is a VM exit that the next request must wait out). Read only."""
+    def read(path: str) -> str | None:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+    poll_ns = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return {"cpuidle_driver": read("/sys/devices/system/cpu/cpuidle/current_driver"),
+            "guest_halt_poll_ns": None if poll_ns is None else int(poll_ns)}
 
 
 def main() -> int:
@@ -376,7 +391,8 @@ def main() -> int:
         return 0
     m = results["machine"]
     print(f"{results['benchmark']}\n{results['date']}  {m['cpu']} x{m['cpus']}, "
-          f"Linux {m['kernel']}, Python {m['python']}, supervisor "
+          f"Linux {m['kernel']}, Python {m['python']}, cpuidle {m['cpuidle_driver']} "
+          f"(guest_halt_poll_ns {m['guest_halt_poll_ns']}), supervisor "
           f"{supervisor_version}, {args.programs} programs, {args.seconds}s per run, "
           f"load average {results['load_average_1m_before']:.2f} before, "
           f"{results['load_average_1m_after']:.2f} after\n")
