@@ -72,8 +72,8 @@ def _echo_call(path: str):
     return call
 
 
-def echo_server(path: str) -> None:
-    """The transport floor: a bare trio server that echoes whatever it reads."""
+def _serve_unix(path: str, handle) -> None:
+    """Run a trio server on the Unix socket `path`: `await handle(sock)` per connection."""
     import socket
 
     import trio
@@ -82,56 +82,48 @@ def echo_server(path: str) -> None:
         listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         await listener.bind(path)
         listener.listen()
-
-        async def echo(conn: trio.socket.SocketType) -> None:
-            with conn:
-                while data := await conn.recv(65536):
-                    await conn.send(data)
-
         async with trio.open_nursery() as nursery:
             while True:
                 conn, _ = await listener.accept()
-                nursery.start_soon(echo, conn)
+                nursery.start_soon(handle, conn)
 
     trio.run(serve)
+
+
+def echo_server(path: str) -> None:
+    """The transport floor: a bare trio server that echoes whatever it reads."""
+
+    async def echo(conn) -> None:
+        with conn:
+            while data := await conn.recv(65536):
+                await conn.send(data)
+
+    _serve_unix(path, echo)
 
 
 def canned_server(path: str, frame_file: str) -> None:
     """Speak the control protocol, answering every request with the result held in
     `frame_file` (a status answer captured from the runtime, its table kept as the
     same encoded bytes): everything a status call costs except the runtime's work."""
-    import socket
-
     import msgpack
-    import trio
 
     from runtime.control.protocol import CLOSED, NEED_DATA, SERVER, Connection, Hello, Response
 
     body = Path(frame_file).read_bytes()[4:]
     result = msgpack.unpackb(body, raw=False, ext_hook=msgpack.ExtType)["result"]
 
-    async def serve() -> None:
-        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await listener.bind(path)
-        listener.listen()
+    async def answer(sock) -> None:
+        conn = Connection(SERVER)
+        with sock:
+            while (event := conn.next_event()) is not CLOSED:
+                if event is NEED_DATA:
+                    conn.receive_data(await sock.recv(65536))
+                elif isinstance(event, Hello):
+                    await sock.send(conn.send(Hello(server="canned")))
+                else:
+                    await sock.send(conn.send(Response(event.id, result)))
 
-        async def answer(sock: trio.socket.SocketType) -> None:
-            conn = Connection(SERVER)
-            with sock:
-                while (event := conn.next_event()) is not CLOSED:
-                    if event is NEED_DATA:
-                        conn.receive_data(await sock.recv(65536))
-                    elif isinstance(event, Hello):
-                        await sock.send(conn.send(Hello(server="canned")))
-                    else:
-                        await sock.send(conn.send(Response(event.id, result)))
-
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(answer, conn)
-
-    trio.run(serve)
+    _serve_unix(path, answer)
 
 
 def status_frame(path: str) -> bytes:
@@ -166,12 +158,10 @@ def _supervisord_call(path: str):
 def worker(system: str, path: str, start_at: float, seconds: float, out: str) -> None:
     """Call in a closed loop from `start_at` (CLOCK_MONOTONIC, shared by processes)
     for `seconds`; write each call's latency in ns to `out`."""
-    if system == "outpost":
+    if system in ("outpost", "canned"):  # canned: a server that replays a status answer
         call = _outpost_call(path)
     elif system == "outpost-ping":  # the transport alone: the cheapest method there is
         call = _outpost_call(path, "ping")
-    elif system == "canned":  # our client; the server replays a status answer
-        call = _outpost_call(path)
     elif system in ("echo", "echo-idle"):  # no protocol: trio echo server, raw client
         call = _echo_call(path)
     else:
