@@ -39,9 +39,9 @@ def store_options(config: Config) -> StoreOptions:
     """The store's options from the [store] section (the checkpoint keys are not the store's)."""
     s = config.store
     return StoreOptions(
-        map_size=s["map_size"], map_size_max=s["map_size_max"], durability=s["durability"],
-        fsync_interval_ms=s["fsync_interval_ms"], batch_window_ms=s["batch_window_ms"],
-        max_batch=s["max_batch"], zstd_level=s["zstd_level"])
+        map_size=s.map_size, map_size_max=s.map_size_max, durability=s.durability,
+        fsync_interval_ms=s.fsync_interval_ms, batch_window_ms=s.batch_window_ms,
+        max_batch=s.max_batch, zstd_level=s.zstd_level)
 
 
 class Runtime:
@@ -60,7 +60,7 @@ class Runtime:
         # Maintenance the `maintain` control method can run inside the runtime, by
         # name (runtime.methods.MaintenanceTask); runtime/maintain registers its tasks.
         self.maintenance_tasks: dict[str, Any] = {}
-        self.disk_guard = DiskGuard(config, self.events, config.maintain["disk_check_interval_s"])
+        self.disk_guard = DiskGuard(config, self.events, config.maintain.disk_check_interval_s)
         register_maintenance(self)
         self.control: ControlServer | None = None  # set once the socket is served
         # Supervision: process/exec agents are forked by the template (started before trio).
@@ -72,7 +72,7 @@ class Runtime:
             config.agents, self.make_context, self.heartbeat_age, self.events.emit,
             groups=config.groups, root=config.supervisor, template=self.template,
             segment=segment, book=book, mailboxes=self.mailboxes,
-            log_dir=config.maintain.get("logs_dir") or config.data_dir.parent / "log",
+            log_dir=config.maintain.logs_dir,
             data_dir=config.data_dir, log_level=config.log_level,
             on_root_give_up=self._root_gave_up)
 
@@ -124,8 +124,8 @@ async def run_runtime(config: Config, template: Template | None = None) -> None:
         segment = Segment.create(config.segment_path, config.shm_slots)
         try:
             s = config.store
-            book = StateBook(store, s["checkpoint_every_ops"], s["checkpoint_every_s"],
-                             s["checkpoint_keep_tail"])
+            book = StateBook(store, s.checkpoint_every_ops, s.checkpoint_every_s,
+                             s.checkpoint_keep_tail)
             rt = Runtime(config, store, segment, book, template)
             await _serve(rt)
         finally:

@@ -39,7 +39,7 @@ class Maintenance:
 
     def setting(self, key: str) -> Any:
         """A [maintain] setting (the loader fills every key, paths made absolute)."""
-        return self.config.maintain[key]
+        return getattr(self.config.maintain, key)
 
 
 def state_streams(store: Store) -> list[str]:

@@ -44,7 +44,7 @@ from runtime.agents import load_entry, state_stream
 from runtime.agents.frames import FrameBuffer, FrameError, encode
 from runtime.config import AgentSpec, Config
 from runtime.config.loader import start_order
-from runtime.config.schema import GroupSpec
+from runtime.config.schema import GroupSpec, SupervisorSection
 from runtime.supervisor import procs
 from runtime.supervisor.child import (
     FAILED,
@@ -88,6 +88,12 @@ class Group(Node):
         return self.path.rstrip("/") + "/" + self.name
 
 
+def _root_spec(section: SupervisorSection) -> GroupSpec:
+    """The root group's spec from the [supervisor] section."""
+    return GroupSpec("root", None, 0, section.strategy, section.max_restarts,
+                     section.restart_window_s)
+
+
 def _exc_summary(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -114,7 +120,7 @@ class Supervisor:
                  heartbeat_age: Callable[[str], float | None] = lambda name: None,
                  emit: Callable[..., None] = lambda *a, **kw: None, *,
                  groups: tuple[GroupSpec, ...] = (),
-                 root: dict[str, Any] | None = None,
+                 root: SupervisorSection | None = None,
                  template: Any = None,
                  segment: Any = None,
                  book: Any = None,
@@ -123,11 +129,9 @@ class Supervisor:
                  data_dir: Path | None = None,
                  log_level: str = "info",
                  on_root_give_up: Callable[[str], None] | None = None) -> None:
-        root = {"strategy": "one_for_one", "max_restarts": 100, "restart_window_s": 60.0,
-                "on_give_up": "stop", **(root or {})}
-        self.root = Group(GroupSpec("root", None, 0, root["strategy"], root["max_restarts"],
-                                    root["restart_window_s"]))
-        self.on_give_up = root["on_give_up"]
+        root = root or SupervisorSection()
+        self.root = Group(_root_spec(root))
+        self.on_give_up = root.on_give_up
         self._make_context = make_context
         self._heartbeat_age = heartbeat_age
         self._emit = emit
@@ -1024,10 +1028,8 @@ class Supervisor:
         """
         if isinstance(specs_or_config, Config):
             specs, groups = specs_or_config.agents, specs_or_config.groups
-            root = specs_or_config.supervisor
-            self.root.spec = GroupSpec("root", None, 0, root["strategy"], root["max_restarts"],
-                                       root["restart_window_s"])
-            self.on_give_up = root["on_give_up"]
+            self.root.spec = _root_spec(specs_or_config.supervisor)
+            self.on_give_up = specs_or_config.supervisor.on_give_up
         else:
             specs = tuple(specs_or_config)
             groups = tuple(g.spec for g in self._groups.values())

@@ -16,7 +16,7 @@ import trio
 from runtime.agents import AgentContext, state_stream
 from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec
-from runtime.config.schema import GroupSpec
+from runtime.config.schema import GroupSpec, SupervisorSection
 from runtime.store import StateBook, open_store
 from runtime.supervisor import Supervisor
 from runtime.supervisor.template import Template, TemplateClient
@@ -71,7 +71,7 @@ class Harness:
 
 @asynccontextmanager
 async def running(tmp: Path, specs: tuple[AgentSpec, ...] | list[AgentSpec],
-                  groups: tuple[GroupSpec, ...] = (), root: dict | None = None,
+                  groups: tuple[GroupSpec, ...] = (), root: SupervisorSection | None = None,
                   template: Template | None = None) -> AsyncIterator[Harness]:
     """The supervisor running `specs` (and `groups`) until the block ends, then stopped."""
     before = os.environ.get("OUTPOST_TEST_DIR")
@@ -88,7 +88,7 @@ async def running(tmp: Path, specs: tuple[AgentSpec, ...] | list[AgentSpec],
 
 @asynccontextmanager
 async def _running(tmp: Path, specs: tuple[AgentSpec, ...] | list[AgentSpec],
-                   groups: tuple[GroupSpec, ...], root: dict | None,
+                   groups: tuple[GroupSpec, ...], root: SupervisorSection | None,
                    template: Template | None) -> AsyncIterator[Harness]:
     async with open_store(tmp / "data") as store:
         segment = Segment.create(tmp / "seg.shm", 256)

@@ -12,6 +12,7 @@ import pytest
 
 from runtime.agents import state_stream
 from runtime.config import AgentSpec
+from runtime.config.schema import SupervisorSection
 from runtime.supervisor.template import Template
 from tests.supervisor.harness import fixture, gone, running, zombies_of
 
@@ -87,7 +88,7 @@ async def crash_cycles(tmp_path: Path, template: Template, cycles: int) -> None:
         nonlocal most_zombies
         most_zombies = max(most_zombies, len(zombies_of(template.pid)))
         return len(h.of("exit", "c")) >= cycles
-    async with running(tmp_path, [spec], root={"max_restarts": 10**6},
+    async with running(tmp_path, [spec], root=SupervisorSection(max_restarts=10**6),
                        template=template) as h:
         await h.until(lambda: cycles_done(h), timeout=90 * cycles / 200, what="cycles")
         pids = {e["pid"] for e in h.of("start", "c")}
