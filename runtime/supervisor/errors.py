@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 
-class UnknownAgentError(KeyError):
+class SupervisorError(Exception):
+    """A request the supervisor refuses (str() is a full sentence for the user).
+
+    Control methods catch this family by name, never a bare KeyError or ValueError
+    (which would turn a bug into a "not found" answer).
+    """
+
+
+class UnknownAgentError(SupervisorError, KeyError):
     """No agent (or group) by that name. str() is a full sentence for the user."""
 
     def __init__(self, name: str, known: list[str] | None = None) -> None:
