@@ -1,4 +1,8 @@
-"""`outpost maintain [TASK [ARG]] ...`: what cron runs. Silent on success unless --verbose."""
+"""`outpost maintain [TASK [ARG]] ...`: what cron runs. Silent on success unless --verbose.
+
+A client of the runtime when one answers; otherwise the work is done here,
+under the data-dir lock.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +12,30 @@ import sys
 
 import trio
 
+from runtime.cli.common import DEFAULT_CONFIG, Subcommands
 from runtime.config import load_config
-from runtime.control import RemoteError
+from runtime.control.client import RemoteError
+from runtime.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 from runtime.maintain.report import MaintainError
-from runtime.maintain.runner import (
-    ALL_TASKS,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_TEMPFAIL,
-    EXIT_USAGE,
-    parse_tasks,
-    run_offline,
-    run_online,
-)
+from runtime.maintain.runner import ALL_TASKS, ROUTINE, parse_tasks, run_offline, run_online
 from runtime.store import DataDirLockedError
 
 HELP = f"""tasks: {', '.join(ALL_TASKS)} (backup and restore take a folder).
-With no task: checkpoint prune archive disk.
+With no task: {" ".join(ROUTINE)}.
 Exit codes: 0 ok, 1 a task found or hit a problem, 2 usage/config error,
 75 the data dir is locked by another run (never waits)."""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: Subcommands) -> None:
+    """Add maintain (its own --config default: cron names the file)."""
     p = sub.add_parser("maintain", help="maintenance for cron: checkpoint, prune, compact, "
                        "archive, verify, backup, restore, disk", epilog=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tasks", nargs="*", metavar="TASK", help="tasks to run, in order")
-    p.add_argument("--config", default="outpost.toml", help="config file (TOML)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.add_argument("--verbose", action="store_true", help="report success too")
+    p.set_defaults(func=cmd_maintain)
 
 
 class _TtyProgress:
@@ -63,6 +62,8 @@ class _TtyProgress:
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
+    """`outpost maintain`: inside the runtime if one answers, else offline; exit 75 if
+    another run holds the data dir (never waits)."""
     config = load_config(args.config)
     try:
         tasks = parse_tasks(args.tasks)

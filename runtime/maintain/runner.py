@@ -1,9 +1,9 @@
 """Running maintenance: through a live runtime if one answers, else offline under the lock.
 
-Exit codes (documented for cron): 0 every task ok; 1 a task found or hit a
-problem; 2 usage or config error; 75 (EX_TEMPFAIL) the data dir is locked by
-another maintenance run or a starting runtime — we never wait, so cron jobs
-cannot stack up.
+Exit codes (documented for cron, defined in runtime.exitcodes): 0 every task
+ok; 1 a task found or hit a problem; 2 usage or config error; 75 (EX_TEMPFAIL)
+the data dir is locked by another maintenance run or a starting runtime — we
+never wait, so cron jobs cannot stack up.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from runtime.maintain.verify import Progress
 from runtime.store import StateBook, open_store
 from runtime.store.lock import DataDirLock
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
 ALL_TASKS = (*TASKS, *OFFLINE_ONLY)
 
 
