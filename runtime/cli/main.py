@@ -1,7 +1,8 @@
 """`outpost` command line. `run` starts a runtime; every other command is only a client.
 
-Exit codes: 0 ok, 1 the operation failed, 2 usage or config error,
-3 no runtime running (the message says how to start one).
+Exit codes (runtime.exitcodes): 0 ok, 1 the operation failed, 2 usage or config
+error, 3 no runtime running (the message says how to start one), 75 the data dir
+is held by another run (maintain), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
