@@ -1,6 +1,6 @@
 """The control server in-process, over real Unix sockets: limits, streams, peers.
 
-Each test serves a small handler table with short limits, then drives it with
+Each test serves a small `Methods` table with short limits, then drives it with
 raw trio sockets speaking the sans-IO protocol (or deliberately not speaking it).
 """
 
@@ -18,7 +18,9 @@ import msgpack
 import pytest
 import trio
 
-from runtime.control import ControlServer, Limits, MethodError, Stream
+from runtime.control.dispatch import Caller, Methods, Stream, current_caller
+from runtime.control.errors import MethodError
+from runtime.control.params import accepts
 from runtime.control.protocol import (
     CLIENT,
     NEED_DATA,
@@ -30,7 +32,7 @@ from runtime.control.protocol import (
     StreamEnd,
     StreamItem,
 )
-from runtime.control.server import Peer
+from runtime.control.server import ControlServer, Limits, Peer
 
 FAST = Limits(max_connections=300, hello_timeout_s=1.0, frame_timeout_s=1.0,
               idle_timeout_s=2.0, send_timeout_s=1.0)
@@ -86,6 +88,13 @@ async def _is_closed_by_server(sock: trio.socket.SocketType) -> bytes:
     return data
 
 
+def methods(*handlers: Any) -> Methods:
+    """A Methods table of `handlers` by their names, each taking any params."""
+    table = Methods()
+    table.add({h.__name__: accepts(open=True)(h) for h in handlers})
+    return table
+
+
 def _decode_frames(data: bytes) -> list[Any]:
     out = []
     while data:
@@ -128,9 +137,12 @@ async def served(tmp_path: Path, nursery: trio.Nursery):
     async def big(params: dict) -> Any:
         return "x" * (2 << 20)
 
+    async def whoami(params: dict) -> Any:
+        caller = current_caller()
+        return [caller.kind, caller.uid, caller.pid]
+
     path = tmp_path / "run" / "ctl.sock"
-    server = ControlServer(path, {"echo": echo, "boom": boom, "refuse": refuse,
-                                  "count": count, "big": big}, limits=FAST)
+    server = ControlServer(path, methods(echo, boom, refuse, count, big, whoami), limits=FAST)
     await nursery.start(server.serve)
     return server, path, closed_streams
 
@@ -154,6 +166,15 @@ async def test_results_errors_and_handler_crashes_keep_the_connection(served) ->
     too_big = await c.call("big")
     assert too_big.code == "too_large"
     assert await c.call("echo", b=2) == Response(6, {"b": 2})  # still the same connection
+    c.close()
+
+
+async def test_the_peer_is_the_caller_the_method_sees(served) -> None:
+    _, path, _ = served
+    c = await AsyncClient.connect(path)
+    answer = await c.call("whoami")
+    assert answer.result == ["socket", os.getuid(), os.getpid()]  # from SO_PEERCRED
+    assert current_caller() == Caller("internal")  # set only while the method runs
     c.close()
 
 
@@ -244,7 +265,7 @@ async def test_connection_cap_answers_busy(tmp_path: Path, nursery: trio.Nursery
         return params
 
     path = tmp_path / "ctl.sock"
-    server = ControlServer(path, {"echo": echo}, limits=Limits(max_connections=3))
+    server = ControlServer(path, methods(echo), limits=Limits(max_connections=3))
     await nursery.start(server.serve)
     held = [await AsyncClient.connect(path) for _ in range(3)]
     extra = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -290,7 +311,8 @@ async def test_protocol_errors_get_a_coded_error_then_close(served) -> None:
 
 
 def test_peer_rules() -> None:
-    server = ControlServer(Path("/nonexistent"), {}, allowed_uids=(1000,), allowed_gids=(50,))
+    server = ControlServer(Path("/nonexistent"), Methods(), allowed_uids=(1000,),
+                           allowed_gids=(50,))
     me = os.getuid()
     assert server.allows(Peer(1, me, 12345))
     assert server.allows(Peer(1, 0, 0))
@@ -319,10 +341,10 @@ async def test_a_stale_socket_file_is_replaced_and_a_live_one_refused(
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens
-    server = ControlServer(path, {})
+    server = ControlServer(path, Methods())
     await nursery.start(server.serve)
     c = await AsyncClient.connect(path)
-    second = ControlServer(path, {})
+    second = ControlServer(path, Methods())
     with pytest.raises(OSError, match="already answers"):
         await second.serve()
     c.close()
@@ -345,7 +367,7 @@ async def test_closing_right_after_connect_costs_nothing(served) -> None:
 
 
 def test_refusals_are_logged_but_not_without_bound(caplog: pytest.LogCaptureFixture) -> None:
-    server = ControlServer(Path("/nonexistent"), {})
+    server = ControlServer(Path("/nonexistent"), Methods())
     with caplog.at_level("WARNING", logger="outpost.control"):
         for i in range(25):
             server._log_refusal(Peer(100 + i, 4242, 4242))
