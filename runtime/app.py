@@ -131,7 +131,8 @@ class Runtime:
             "run_dir": str(self.config.run_dir),
             "agents": len(self.supervisor.children),
             "control": {"socket": str(control.path), "connections": control.active,
-                        "refused": control.refused, "requests": control.requests},
+                        "refused": control.refused, "requests": control.requests,
+                        "accept_failures": control.accept_failures},
         }
 
 

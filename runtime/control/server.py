@@ -49,6 +49,11 @@ _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _READ = 65536
 _DRAIN_S = 1.0  # how long a refused peer gets to take our error and hang up
 _REFUSAL_LOG_BURST = 20  # refusals logged per minute; the rest are counted
+_ACCEPT_LOG_BURST = 5  # accept failures logged per minute
+_ACCEPT_RETRY_S = 0.1  # after a capacity error: long enough not to spin, short enough to serve
+# accept() errors that mean "out of fds or memory, try again" (as trio's serve_listeners);
+# trio's SocketListener already absorbs the per-connection ones (ECONNABORTED, EPROTO, ...).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -112,8 +117,10 @@ class ControlServer:
         self.active = 0  # connections being served now
         self.refused = 0  # connections refused (credentials or capacity)
         self.requests = 0  # requests dispatched, ever (lets tests see who calls how often)
-        self._refusal_window = -60.0
-        self._refusals_logged = self._refusals_unlogged = 0
+        self.accept_failures = 0  # capacity errors from accept, ever (each retried)
+        # A local user hammering the socket, or a runtime out of fds, must not fill the disk.
+        self._refusal_log = CappedLog(_REFUSAL_LOG_BURST, "refused connection(s)")
+        self._accept_log = CappedLog(_ACCEPT_LOG_BURST, "failed accept(s)")
 
     def set_allowed(self, uids: tuple[int, ...], gids: tuple[int, ...]) -> None:
         """Replace the configured allowed uids/gids (a reload applies [control] this way)."""
@@ -148,21 +155,37 @@ class ControlServer:
         return sock
 
     async def serve(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        """Bind, report started, and accept connections until cancelled."""
+        """Bind, report started, and accept connections until cancelled.
+
+        Out of fds or memory (ACCEPT_CAPACITY_ERRNOS), accept is retried after a
+        short sleep while the connections being served go on; any other error
+        from it is a bug or a broken socket, and is raised.
+        """
         sock = await self._bind()
+        listener = trio.SocketListener(sock)
+        failing = 0  # capacity errors in a row
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 while True:
                     try:
-                        conn_sock, _ = await sock.accept()
+                        stream = await listener.accept()
                     except OSError as exc:
-                        # Out of fds or memory: keep the runtime alive, retry shortly.
-                        log.error("control: accept failed: %s", exc)
-                        if exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                            await trio.sleep(0.1)
+                        if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        self.accept_failures += 1
+                        failing += 1
+                        self._accept_log.error(
+                            "control: accept failed: %s (%s); %d connection(s) open, "
+                            "retrying every %.1fs", errno.errorcode[exc.errno],
+                            os.strerror(exc.errno), self.active, _ACCEPT_RETRY_S)
+                        await trio.sleep(_ACCEPT_RETRY_S)
                         continue
-                    nursery.start_soon(self._handle, trio.SocketStream(conn_sock))
+                    if failing:
+                        log.warning("control: accepting connections again after %d failed "
+                                    "accept(s)", failing)
+                        failing = 0
+                    nursery.start_soon(self._handle, stream)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -188,7 +211,8 @@ class ControlServer:
             return  # gone before we looked
         if not self.allows(peer):
             self.refused += 1
-            self._log_refusal(peer)
+            self._refusal_log.warning("control: refused connection from %s (not an allowed "
+                                      "user)", peer)
             await self._refuse(stream, conn, "forbidden",
                                f"uid {peer.uid} may not control this runtime (it runs as uid "
                                f"{os.getuid()}); run as that user or root, or add the uid "
@@ -209,21 +233,6 @@ class ControlServer:
             await self._refuse(stream, conn, exc.code, str(exc))
         except trio.TooSlowError:
             log.info("control: closing connection from %s: too slow", peer)
-
-    def _log_refusal(self, peer: Peer) -> None:
-        """Log each refused peer, but at most _REFUSAL_LOG_BURST per minute: a
-        local user hammering the socket must not be able to fill the disk."""
-        now = time.monotonic()
-        if now - self._refusal_window >= 60.0:
-            if self._refusals_unlogged:
-                log.warning("control: %d more refused connection(s) not logged in the last "
-                            "minute", self._refusals_unlogged)
-            self._refusal_window, self._refusals_logged, self._refusals_unlogged = now, 0, 0
-        if self._refusals_logged < _REFUSAL_LOG_BURST:
-            self._refusals_logged += 1
-            log.warning("control: refused connection from %s (not an allowed user)", peer)
-        else:
-            self._refusals_unlogged += 1
 
     async def _refuse(self, stream: trio.SocketStream, conn: Connection, code: str,
                       message: str) -> None:
@@ -371,6 +380,37 @@ class ControlServer:
             raise failure
         if peer_gone:
             raise trio.ClosedResourceError  # the connection is over; let _handle close it
+
+
+class CappedLog:
+    """Log at most `burst` lines a minute; count the rest and say how many, once the
+    minute is over (with the next line that is logged)."""
+
+    def __init__(self, burst: int, what: str, window_s: float = 60.0) -> None:
+        self.burst = burst
+        self.what = what
+        self.window_s = window_s
+        self.logged = self.unlogged = 0
+        self._window = -math.inf
+
+    def warning(self, message: str, *args: object) -> None:
+        self._log(logging.WARNING, message, args)
+
+    def error(self, message: str, *args: object) -> None:
+        self._log(logging.ERROR, message, args)
+
+    def _log(self, level: int, message: str, args: tuple) -> None:
+        now = time.monotonic()
+        if now - self._window >= self.window_s:
+            if self.unlogged:
+                log.log(level, "control: %d more %s not logged in the last minute",
+                        self.unlogged, self.what)
+            self._window, self.logged, self.unlogged = now, 0, 0
+        if self.logged < self.burst:
+            self.logged += 1
+            log.log(level, message, *args)
+        else:
+            self.unlogged += 1
 
 
 def _write_now(stream: trio.SocketStream, data: bytes) -> int:

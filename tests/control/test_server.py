@@ -7,9 +7,11 @@ raw trio sockets speaking the sans-IO protocol (or deliberately not speaking it)
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import stat
 import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,9 @@ from runtime.control.protocol import (
     StreamItem,
 )
 from runtime.control.server import ControlServer, Limits, Peer
+from tests.runtime_proc import ROOT, agent_block, wait_for, write_config
 
+COUNTER = agent_block("counter", str(ROOT / "examples" / "agents" / "counter.py") + ":run")
 FAST = Limits(max_connections=300, hello_timeout_s=1.0, frame_timeout_s=1.0,
               idle_timeout_s=2.0, send_timeout_s=1.0)
 
@@ -367,14 +371,69 @@ async def test_closing_right_after_connect_costs_nothing(served) -> None:
 
 
 def test_refusals_are_logged_but_not_without_bound(caplog: pytest.LogCaptureFixture) -> None:
-    server = ControlServer(Path("/nonexistent"), Methods())
+    capped = ControlServer(Path("/nonexistent"), Methods())._refusal_log
     with caplog.at_level("WARNING", logger="outpost.control"):
         for i in range(25):
-            server._log_refusal(Peer(100 + i, 4242, 4242))
-    logged = [r.getMessage() for r in caplog.records]
-    assert len(logged) == 20
-    assert "pid 100 uid 4242 gid 4242" in logged[0]
-    assert server._refusals_unlogged == 5  # counted, summarised once the minute is over
+            capped.warning("control: refused connection from %s", Peer(100 + i, 4242, 4242))
+        logged = [r.getMessage() for r in caplog.records]
+        assert len(logged) == 20
+        assert "pid 100 uid 4242 gid 4242" in logged[0]
+        assert capped.unlogged == 5  # counted, summarised once the minute is over
+        capped._window -= 60.0  # the minute is over
+        capped.warning("control: refused connection from %s", Peer(200, 4242, 4242))
+    assert [r.getMessage() for r in caplog.records][20:] == [
+        "control: 5 more refused connection(s) not logged in the last minute",
+        "control: refused connection from pid 200 uid 4242 gid 4242"]
+
+
+def test_out_of_fds_accept_is_retried_and_serving_resumes(tmp_path: Path,
+                                                          start_runtime) -> None:
+    """A real runtime whose RLIMIT_NOFILE is lowered under it: accept hits EMFILE; the
+    connection it already serves goes on, the failures are retried without a busy
+    loop and logged without flooding, and once fds are free again the connections
+    that waited in the backlog are served."""
+    rt = start_runtime(write_config(tmp_path, COUNTER))
+    rt.wait_running("counter")
+    pid = rt.proc.pid
+    served = rt.client()  # connected before the limit: must keep working
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    waiting: list[socket.socket] = []
+    try:
+        # One above the highest fd: only the holes below it are left.
+        highest = max(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (highest + 1, limits[1]))
+        hello = Connection(CLIENT).send(Hello())
+        for _ in range(40):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(rt.socket))  # completes in the listen backlog
+            sock.sendall(hello)
+            waiting.append(sock)
+        wait_for(lambda: served.call("info")["control"]["accept_failures"] >= 3,
+                 what="accept failing with EMFILE")
+        first, started = served.call("info")["control"]["accept_failures"], time.monotonic()
+        wait_for(lambda: served.call("info")["control"]["accept_failures"] >= first + 5,
+                 what="accept retried")
+        rate = (served.call("info")["control"]["accept_failures"] - first) / (
+            time.monotonic() - started)
+        assert rate < 50, rate  # a retry every 0.1 s, not a busy loop
+        assert served.call("status")["agents"][0]["state"] == "running"
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    for sock in waiting:  # every connection that waited is served now
+        sock.settimeout(30)
+        conn = Connection(CLIENT)
+        while (event := conn.next_event()) is NEED_DATA:
+            conn.receive_data(sock.recv(65536))
+        assert isinstance(event, Hello), event
+        sock.close()
+    with rt.client() as fresh:
+        assert fresh.call("ping") == {"pong": True}
+    served.close()
+    lines = [line for line in rt.log().splitlines() if "accept failed" in line]
+    assert lines and "EMFILE (Too many open files)" in lines[0]
+    assert len(lines) <= 5, lines  # logged a few times a minute, not every retry
+    assert "accepting connections again after" in rt.log()
+    assert rt.terminate() == 0
 
 
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
