@@ -30,7 +30,6 @@ from runtime.control.params import (
     Map,
     Number,
     OneOf,
-    Params,
     Str,
     Value,
     accepts,
@@ -91,7 +90,6 @@ KEY = Str("key", required=True, doc="a state key")
 FILTERS = (Number("since", doc="seconds since the epoch"),
            Str("agent", doc="only this agent's events"),
            Str("type", doc="only events of this type"))
-NO_PARAMS = Params()
 
 
 def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
@@ -101,7 +99,8 @@ def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
     """The core handlers, by method name, over these parts of a runtime.
 
     `flush` makes every acknowledged store write durable now; `maintenance`
-    holds the tasks `maintain` may run (runtime.maintain.online.online_tasks).
+    holds the tasks `maintain` may run (runtime.maintain.online.online_tasks),
+    each declaring its args like a method its params.
     """
 
     def known(name: str) -> str:
@@ -269,7 +268,7 @@ def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
         if fn is None:
             raise MethodError("not_available", f"no maintenance task {task!r} in this runtime "
                               f"(available: {', '.join(sorted(maintenance)) or 'none'})")
-        task_args = (params_of(fn) or NO_PARAMS).parse(args, "params.args")
+        task_args = params_of(fn).parse(args, "params.args")  # type: ignore[union-attr]
         try:
             result = await fn(task_args)
         except (StoreError, OSError) as exc:  # a task's failure is the answer, not a crash
