@@ -85,7 +85,8 @@ class Methods:
     """Control methods by name, each with the params it declared."""
 
     def __init__(self) -> None:
-        self._table: dict[str, tuple[Handler, Params]] = {}
+        # name -> (handler, its params, what it gets for no params: None if that is refused)
+        self._table: dict[str, tuple[Handler, Params, dict[str, Any] | None]] = {}
 
     def add(self, handlers: Mapping[str, Handler]) -> None:
         """Add `handlers` by name. ValueError if a name is taken; TypeError if a
@@ -98,7 +99,7 @@ class Methods:
             if spec is None:
                 raise TypeError(f"control method {name!r} does not declare its params: "
                                 "decorate it with runtime.control.params.accepts(...)")
-            entries[name] = (handler, spec)
+            entries[name] = (handler, spec, spec.parse(None) if spec.optional else None)
         self._table.update(entries)  # all or nothing
 
     def names(self) -> list[str]:
@@ -125,10 +126,14 @@ class Methods:
         if entry is None:
             raise MethodError("unknown_method", f"no method {method!r}; known: "
                               + ", ".join(self.names()))
-        handler, spec = entry
+        handler, spec, bare = entry
+        if bare is not None and (params is None or params == {}):
+            args = bare.copy()  # most requests (ping, status, info) carry none: no parse
+        else:
+            args = spec.parse(params)  # bad_params before anything runs
         token = _caller.set(caller)
         try:
-            return await handler(spec.parse(params))
+            return await handler(args)
         except MethodError:
             raise
         except Exception as exc:

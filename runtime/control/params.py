@@ -176,6 +176,11 @@ class Params:
     def names(self) -> list[str]:
         return list(self._params)
 
+    @property
+    def optional(self) -> bool:
+        """Can the method be called with no params at all?"""
+        return not self._required
+
     def describe(self) -> list[dict[str, Any]]:
         """Each param's plain-data description, in declaration order."""
         return [p.describe() for p in self._params.values()]
@@ -186,7 +191,7 @@ class Params:
             if self._required:
                 raise self._missing(self._required[0], where)
             return self._defaults.copy()  # the common case (ping, status): no loop
-        if not isinstance(raw, Mapping):
+        if type(raw) is not dict and not isinstance(raw, Mapping):
             raise MethodError("bad_params", f"{where} must be a map")
         out = self._defaults.copy()
         declared = self._params
