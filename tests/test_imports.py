@@ -23,7 +23,6 @@ Graph = dict[str, set[str]]
 
 # Each is an edge of a known cycle that the ports work (issue 13, the wiring branch)
 # removes: methods.py and maintain/online.py import runtime.app for the Runtime type.
-KNOWN_CYCLE_EDGES = {("runtime.methods", "runtime.app"), ("runtime.maintain.online", "runtime.app")}
 
 # What a client command must never import: the event loop, the LMDB binding, and
 # the runtime's own parts (which bring both).
@@ -121,11 +120,6 @@ def _path_back(graph: Graph, group: set[str]) -> list[str]:
     raise AssertionError(f"{group} is not strongly connected")
 
 
-def without(graph: Graph, edges: set[tuple[str, str]]) -> Graph:
-    return {name: {t for t in targets if (name, t) not in edges}
-            for name, targets in graph.items()}
-
-
 def describe(found: list[list[str]]) -> str:
     return "import cycles:\n" + "\n".join("  " + " -> ".join(c) for c in found)
 
@@ -144,21 +138,12 @@ def test_the_checker_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None
     assert graph["pkg.sub"] == {"pkg.sub.c"}
     assert sorted(cycles(graph)) == [["pkg.a", "pkg.b", "pkg.a"],
                                      ["pkg.sub.c", "pkg.sub.d", "pkg.sub.c"]]
-    assert cycles(without(graph, {("pkg.b", "pkg.a"), ("pkg.sub.d", "pkg.sub.c")})) == []
 
 
-def test_no_import_cycle_in_runtime_but_the_known_ones() -> None:
+def test_no_import_cycle_in_runtime() -> None:
     graph = import_graph(ROOT, "runtime")
     assert graph.get("runtime.cli.main")
-    found = cycles(without(graph, KNOWN_CYCLE_EDGES))
-    assert not found, describe(found)
-
-
-@pytest.mark.xfail(strict=False, reason="runtime.app <-> runtime.methods and runtime.app <-> "
-                   "runtime.maintain.online remain until the ports (wiring) branch merges; "
-                   "then drop this mark and KNOWN_CYCLE_EDGES")
-def test_no_import_cycle_in_runtime() -> None:
-    found = cycles(import_graph(ROOT, "runtime"))
+    found = cycles(graph)
     assert not found, describe(found)
 
 
@@ -222,29 +207,10 @@ def heavy_imports(tree: list[tuple[int, str]]) -> dict[str, list[str]]:
     return found
 
 
-def control_package_imports_trio() -> bool:
-    """runtime/control/__init__.py still imports the trio server (the ports work ends that)."""
-    probe = subprocess.run([sys.executable, "-c", "import sys, runtime.control.client; "
-                            "print('trio' in sys.modules)"], capture_output=True, text=True,
-                           timeout=60, cwd=ROOT, check=True)
-    return probe.stdout.strip() == "True"
-
-
 def assert_light(argv: tuple[str, ...], tree: list[tuple[int, str]]) -> None:
     heavy = heavy_imports(tree)
-    # Until the ports branch merges, importing any runtime.control module runs the
-    # package __init__, which imports the trio server: that trio alone is expected.
-    via_control = {name for name, chain in heavy.items() if name == "trio"
-                   and "runtime.control" in chain
-                   and all(n.startswith("runtime.control")
-                           for n in chain[:chain.index("runtime.control")])}
-    unexpected = {n: c for n, c in heavy.items() if n not in via_control}
-    assert not unexpected, f"`outpost {' '.join(argv)}` imported " + "; ".join(
-        f"{name} (via {' <- '.join(chain)})" for name, chain in unexpected.items())
-    if via_control:
-        assert control_package_imports_trio()
-        pytest.xfail("runtime/control/__init__.py imports the trio server until the ports "
-                     "branch merges; everything else stayed out")
+    assert not heavy, f"`outpost {' '.join(argv)}` imported " + "; ".join(
+        f"{name} (via {' <- '.join(chain)})" for name, chain in heavy.items())
 
 
 NOBODY = "nobody-listens/outpost.sock"
