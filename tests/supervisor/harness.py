@@ -14,6 +14,7 @@ import psutil
 import trio
 
 from runtime.agents import AgentContext, state_stream
+from runtime.agents.directory import AgentDirectory
 from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec
 from runtime.config.schema import GroupSpec, SupervisorSection
@@ -109,7 +110,8 @@ async def _running(tmp: Path, specs: tuple[AgentSpec, ...] | list[AgentSpec],
     async with open_store(tmp / "data") as store:
         segment = Segment.create(tmp / "seg.shm", 256)
         book = StateBook(store)
-        mailboxes = Mailboxes(store, book)
+        directory = AgentDirectory()
+        mailboxes = Mailboxes(store, book, directory)
         harness: list[Harness] = []
 
         def emit(type_: str, agent: str | None = None, **fields: Any) -> None:
@@ -127,9 +129,8 @@ async def _running(tmp: Path, specs: tuple[AgentSpec, ...] | list[AgentSpec],
         gave_up: list[str] = []
         sup = Supervisor(tuple(specs), make_context, beat_age, emit, groups=groups, root=root,
                          template=client, segment=segment, book=book, mailboxes=mailboxes,
-                         log_dir=tmp / "log", data_dir=tmp / "data",
+                         directory=directory, log_dir=tmp / "log", data_dir=tmp / "data",
                          on_root_give_up=gave_up.append)
-        mailboxes._known = lambda name: sup.find(name) is not None
         h = Harness(sup, mailboxes, book, segment, tmp, [], gave_up)
         harness.append(h)
         async with trio.open_nursery() as nursery:

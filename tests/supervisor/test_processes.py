@@ -229,9 +229,9 @@ async def test_exec_agent_missing_program_and_shutdown_timeout_kill(
 
 @pytest.mark.parametrize("n", [1])
 async def test_unknown_agent_in_a_send_is_an_error(tmp_path: Path, n: int) -> None:
-    from runtime.supervisor import UnknownAgentError
+    from runtime.agents.mailbox import MailboxError
     async with running(tmp_path, []) as h:
-        with pytest.raises(UnknownAgentError):
+        with pytest.raises(MailboxError, match="no agent named 'nobody'"):
             await h.mailboxes.send("nobody", "x")
 
 
