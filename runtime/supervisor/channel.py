@@ -4,13 +4,18 @@ Frames (runtime.agents.frames) carry the agent's state ops, sends, receives,
 acks, `ready` and its last words (`exit`, with its exception). State ops are
 applied one at a time in the order they were sent and acknowledged once
 durable; mailbox calls run side by side.
+
+Back-pressure: at most STATE_OPS_QUEUED state ops wait for the store, and at
+most CALLS_IN_FLIGHT mailbox calls run at once. Beyond that this side stops
+reading the socket until one finishes: the kernel's socket buffers fill and
+the agent's own sends simply wait, so an agent flooding writes is slowed to the
+store's pace; nothing here grows without bound and nothing is dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -26,6 +31,8 @@ from runtime.supervisor.tree import Child
 
 log = logging.getLogger("outpost.supervisor")
 
+STATE_OPS_QUEUED = 64  # state ops read but not yet applied (each frame <= MAX_FRAME)
+CALLS_IN_FLIGHT = 64  # sends, receives and acks being served at once
 
 
 class ChannelServer:
@@ -64,7 +71,8 @@ class ChannelServer:
 
             if hello_rest:  # what of the hello did not fit in the socket buffer
                 await stream.send_all(hello_rest)
-            ops_send, ops_recv = trio.open_memory_channel(math.inf)
+            ops_send, ops_recv = trio.open_memory_channel(STATE_OPS_QUEUED)
+            calls = trio.Semaphore(CALLS_IN_FLIGHT)
 
             async def state_worker() -> None:
                 methods = {"set": state.set, "del": state.delete, "incr": state.incr,
@@ -84,6 +92,8 @@ class ChannelServer:
                     await reply("ok", req, await fn())
                 except Exception as exc:
                     await reply("err", req, exc_summary(exc))
+                finally:
+                    calls.release()
 
             async def receive() -> list:
                 msg = await inbox.receive()
@@ -101,18 +111,21 @@ class ChannelServer:
                             raise FrameError("not a request frame")
                         op, req, *args = frame
                         if op == "state" and len(args) == 3:
-                            ops_send.send_nowait((req, *args))
+                            await ops_send.send((req, *args))  # waits while the store is behind
                         elif op == "ready":
                             self._mark_ready(child, "ctx.ready()")
                         elif op == "exit" and len(args) == 1:
                             reported["exception"] = args[0]
                         elif op == "send" and len(args) == 3 and self.mailboxes is not None:
                             to, msg, key = args
+                            await calls.acquire()
                             nursery.start_soon(call, req, lambda to=to, msg=msg, key=key:
                                                self.mailboxes.send(to, msg, key=key, sender=name))
                         elif op == "recv" and inbox is not None:
+                            await calls.acquire()
                             nursery.start_soon(call, req, receive)
                         elif op == "ack" and inbox is not None and len(args) == 1:
+                            await calls.acquire()
                             nursery.start_soon(call, req, lambda seq=args[0]: inbox.ack(seq))
                         else:
                             await reply("err", req, f"unknown or malformed request {op!r}")
