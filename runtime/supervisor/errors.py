@@ -12,7 +12,11 @@ class SupervisorError(Exception):
 
 
 class UnknownAgentError(SupervisorError, KeyError):
-    """No agent (or group) by that name. str() is a full sentence for the user."""
+    """No agent (or group) by that name. str() is a full sentence for the user.
+
+    Still a KeyError for the control methods that catch it as one; drop that
+    base once every catcher names SupervisorError or this class.
+    """
 
     def __init__(self, name: str, known: list[str] | None = None) -> None:
         super().__init__(name)
@@ -22,6 +26,15 @@ class UnknownAgentError(SupervisorError, KeyError):
     def __str__(self) -> str:
         tail = f" (agents: {', '.join(self.known) or 'none'})" if self.known is not None else ""
         return f"no agent named {self.name!r}{tail}"
+
+
+class InvalidReloadError(SupervisorError, ValueError):
+    """A reload refused before anything was touched (an unknown group or dependency, a
+    dependency cycle or one that starts later). Still a ValueError for the methods that
+    catch it as one."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"reload refused, nothing was changed: {why}")
 
 
 class RootGaveUp(Exception):
