@@ -11,12 +11,8 @@ class SupervisorError(Exception):
     """
 
 
-class UnknownAgentError(SupervisorError, KeyError):
-    """No agent (or group) by that name. str() is a full sentence for the user.
-
-    Still a KeyError for the control methods that catch it as one; drop that
-    base once every catcher names SupervisorError or this class.
-    """
+class UnknownAgentError(SupervisorError):
+    """No agent (or group) by that name. str() is a full sentence for the user."""
 
     def __init__(self, name: str, known: list[str] | None = None) -> None:
         super().__init__(name)
@@ -28,10 +24,9 @@ class UnknownAgentError(SupervisorError, KeyError):
         return f"no agent named {self.name!r}{tail}"
 
 
-class InvalidReloadError(SupervisorError, ValueError):
+class InvalidReloadError(SupervisorError):
     """A reload refused before anything was touched (an unknown group or dependency, a
-    dependency cycle or one that starts later). Still a ValueError for the methods that
-    catch it as one."""
+    dependency cycle or one that starts later)."""
 
     def __init__(self, why: str) -> None:
         super().__init__(f"reload refused, nothing was changed: {why}")
