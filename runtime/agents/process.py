@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from runtime.agents.context import AgentMetrics
+from runtime.agents.context import AgentMetrics, HealthReporter
 from runtime.agents.entry import load_entry
 from runtime.agents.frames import FrameBuffer, encode
 from runtime.agents.mailbox import InboxIteration, Message
@@ -131,6 +131,7 @@ class ProcessContext:
         self._channel = channel
         self.state = RemoteState(channel, state)
         self.metrics = AgentMetrics(segment, name)
+        self.report_health = HealthReporter(segment, name)  # shared memory: no frame
         self.log = logging.getLogger(f"outpost.agent.{name}")
         self._heartbeat = Heartbeat(segment, f"{name}:heartbeat")
         self.heartbeat = self._heartbeat.beat  # one atomic store, no Python frame

@@ -5,7 +5,10 @@ socket (the server passes its peer as the `Caller`), and rooms acting in
 process (a rule, a job, the uplink). That makes it the one place where params
 are validated (each handler declares them, see runtime.control.params), where
 an unexpected exception becomes an `internal` answer instead of a crash, and
-where later request ids and audit events hook in.
+where a method declared mutating (`accepts(..., mutates=...)`) is handed to
+the guard (runtime.control.mutations): request ids that apply once, one
+mutation at a time per agent, the audit event. A read-only method pays one
+attribute test for that.
 
 No trio here: importing the control package costs a client command nothing.
 """
@@ -17,10 +20,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.control.errors import MethodError
-from runtime.control.params import Params, params_of
+from runtime.control.params import Mutates, Params, params_of
 
 log = logging.getLogger("outpost.control")
 
@@ -81,12 +84,26 @@ def as_method_error(exc: Exception, method: str) -> MethodError:
     return MethodError("internal", f"{type(exc).__name__}: {exc}")
 
 
+class Guard(Protocol):
+    """What runs a mutating method (runtime.control.mutations.Mutations is the one)."""
+
+    async def apply(self, method: str, mutates: Mutates, args: dict[str, Any],
+                    caller: Caller, handler: Handler) -> Any: ...
+
+
 class Methods:
     """Control methods by name, each with the params it declared."""
 
-    def __init__(self) -> None:
-        # name -> (handler, its params, what it gets for no params: None if that is refused)
-        self._table: dict[str, tuple[Handler, Params, dict[str, Any] | None]] = {}
+    def __init__(self, guard: Guard | None = None) -> None:
+        # name -> (handler, its params, what it gets for no params (None if that is
+        # refused), what it mutates (None: read-only))
+        self._table: dict[str, tuple[Handler, Params, dict[str, Any] | None, Mutates]] = {}
+        self._guard = guard
+
+    def use_guard(self, guard: Guard | None) -> None:
+        """Run mutating methods through `guard` from now on (None: run them bare, as in
+        tests of a room's handlers on their own)."""
+        self._guard = guard
 
     def add(self, handlers: Mapping[str, Handler]) -> None:
         """Add `handlers` by name. ValueError if a name is taken; TypeError if a
@@ -99,7 +116,8 @@ class Methods:
             if spec is None:
                 raise TypeError(f"control method {name!r} does not declare its params: "
                                 "decorate it with runtime.control.params.accepts(...)")
-            entries[name] = (handler, spec, spec.parse(None) if spec.optional else None)
+            entries[name] = (handler, spec, spec.parse(None) if spec.optional else None,
+                             spec.mutates)
         self._table.update(entries)  # all or nothing
 
     def names(self) -> list[str]:
@@ -113,26 +131,37 @@ class Methods:
         """What method `name` accepts (KeyError if there is no such method)."""
         return self._table[name][1]
 
+    def mutates(self, name: str) -> Mutates:
+        """What method `name` declared it mutates (None: read-only; KeyError if unknown)."""
+        return self._table[name][3]
+
     async def call(self, method: str, params: Mapping[str, Any] | None = None,
-                   *, caller: Caller = INTERNAL) -> Any:
+                   *, caller: Caller = INTERNAL, request_id: str | None = None) -> Any:
         """Run `method` with `params` on behalf of `caller`; its result (or a Stream).
 
         MethodError("unknown_method") for an unknown name, ("bad_params") for
         params it did not declare or of the wrong type or range (before the handler
         runs), a handler's own MethodError as it is, and any other exception logged
-        and raised as MethodError("internal").
+        and raised as MethodError("internal"). `request_id` (for a mutating method;
+        the same as params.request_id) makes a repeated request answer the first
+        time's answer without applying again: an in-process caller such as the
+        uplink passes its message ids here.
         """
         entry = self._table.get(method)
         if entry is None:
             raise MethodError("unknown_method", f"no method {method!r}; known: "
                               + ", ".join(self.names()))
-        handler, spec, bare = entry
+        handler, spec, bare, mutates = entry
+        if request_id is not None:
+            params = {**(params or {}), "request_id": request_id}
         if bare is not None and (params is None or params == {}):
             args = bare.copy()  # most requests (ping, status, info) carry none: no parse
         else:
             args = spec.parse(params)  # bad_params before anything runs
         token = _caller.set(caller)
         try:
+            if mutates is not None and self._guard is not None:
+                return await self._guard.apply(method, mutates, args, caller, handler)
             return await handler(args)
         except MethodError:
             raise

@@ -1,0 +1,522 @@
+"""The rollouts room: the thin trio driver of the rollout state machine.
+
+Each agent's `AgentRecord` (runtime.rollouts.machine) is one key of the
+store stream `rollouts` (a KeyValueState: every transition is one durable
+write, so a phase is either recorded or not). The driver makes a transition
+durable first and then carries out what the new phase asks for, through the
+room's ports:
+
+- the one `Methods` table, to act on the supervisor (`agent.stop`,
+  `agent.release`, `agent.start`, `status`), as Caller("rollout", agent);
+- the event log (`follow` for the gate, `emit` for every phase);
+- the shared-memory segment (heartbeats, the gate metric, health reports);
+- the state book (records, and the agents' state at the mark);
+- the agent directory (which agents and instances exist, their specs);
+- the agent locks (a rollout holds its agent from deploy to its end, so no
+  other mutation interleaves with it);
+- the release store (copies of the code, by digest).
+
+It never imports the runtime or the supervisor. `prepare` runs before any
+agent starts: it finishes whatever a kill -9 or a power loss interrupted
+(runtime.rollouts.machine.recover) and sets every agent to run its current
+release, so the supervisor starts one consistent version of everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from runtime.agents import state_stream
+from runtime.agents.directory import AgentDirectory
+from runtime.config import AgentSpec
+from runtime.config.schema import RolloutsSection
+from runtime.control.dispatch import Caller, Methods
+from runtime.control.errors import MethodError
+from runtime.control.mutations import AgentLocks
+from runtime.releases import ReleaseError, ReleaseStore
+from runtime.rollouts import machine
+from runtime.rollouts.gate import Gate, Gated, SegmentProbe
+from runtime.rollouts.machine import (
+    COMMITTED,
+    GATING,
+    ROLLBACK,
+    ROLLED_BACK,
+    ROLLING_BACK,
+    SWITCHING,
+    AgentRecord,
+    Release,
+    RolloutRefused,
+)
+from runtime.rollouts.marks import mark_path, restore_to_mark, write_mark
+from runtime.store import KeyValueState, StateBook, StoreError
+from runtime.supervisor.overrides import default_entry
+from shm import Segment
+
+log = logging.getLogger("outpost.rollouts")
+
+STREAM = "rollouts"
+EVENT = "rollout"
+
+
+class Events(Protocol):
+    def emit(self, type: str, agent: str | None = None, **fields: Any) -> None: ...
+    def follow(self) -> trio.MemoryReceiveChannel: ...
+
+
+class Rollouts:
+    """Deploys, gates, commits and rolls back agents' releases (see the module docstring)."""
+
+    def __init__(self, *, methods: Methods, events: Events, book: StateBook, segment: Segment,
+                 directory: AgentDirectory, locks: AgentLocks,
+                 scope_of: Callable[[str], Iterable[str]], releases: ReleaseStore,
+                 marks_dir: Path, archive_dir: Path,
+                 settings: Callable[[], RolloutsSection]) -> None:
+        self.methods = methods
+        self.events = events
+        self.book = book
+        self.probe = SegmentProbe(segment)
+        self.directory = directory
+        self.locks = locks
+        self.scope_of = scope_of
+        self.releases = releases
+        self.marks_dir = marks_dir
+        self.archive_dir = archive_dir
+        self.settings = settings
+        self._records: KeyValueState | None = None
+        self._nursery: trio.Nursery | None = None
+        self._gates: dict[str, trio.CancelScope] = {}
+        self._aborts: dict[str, str] = {}
+        self._done: dict[str, trio.Event] = {}
+
+    # -- records -------------------------------------------------------------------------
+
+    def record(self, agent: str) -> AgentRecord:
+        """Agent `agent`'s record (an empty one if it never had a release)."""
+        assert self._records is not None, "prepare() first"
+        data = self._records.get(agent)
+        return AgentRecord(agent) if data is None else AgentRecord.from_data(data)
+
+    def agents(self) -> list[str]:
+        """Every agent with a record."""
+        assert self._records is not None, "prepare() first"
+        return sorted(self._records)
+
+    async def _save(self, rec: AgentRecord, **fields: Any) -> AgentRecord:
+        """Make `rec` durable, then say so (one `rollout` event per phase)."""
+        assert self._records is not None
+        await self._records.set(rec.agent, rec.to_data())
+        ro = rec.rollout
+        if ro is not None:
+            release = rec.release(ro.release)
+            self.events.emit(EVENT, rec.agent, rollout=ro.id, kind=ro.kind, phase=ro.phase,
+                             release=ro.release,
+                             version=None if release is None else release.version,
+                             step=ro.step + 1, steps=list(ro.steps),
+                             switched=list(ro.switched), reason=ro.reason, **fields)
+        return rec
+
+    # -- what an agent is ----------------------------------------------------------------
+
+    def instances(self, agent: str) -> tuple[str, ...]:
+        """The instances of `agent` (itself, or name@1..N). MethodError not_found."""
+        if agent in self.directory:
+            spec = self.directory.get(agent)
+            if spec is not None and spec.instance_of is None:
+                return (agent,)
+        found = [s for s in (self.directory.get(n) for n in self.directory.names())
+                 if s is not None and s.instance_of == agent]
+        if not found:
+            known = sorted({(self.directory.get(n).instance_of or n)  # type: ignore[union-attr]
+                            for n in self.directory.names()})
+            raise MethodError("not_found", f"no agent named {agent!r} "
+                              f"(agents: {', '.join(known) or 'none'})")
+        return tuple(s.name for s in sorted(found, key=lambda s: s.order))
+
+    def spec(self, agent: str) -> AgentSpec:
+        spec = self.directory.get(self.instances(agent)[0])
+        assert spec is not None
+        return spec
+
+    def _override(self, rec: AgentRecord, release_id: str | None) -> dict[str, Any] | None:
+        release = rec.release(release_id)
+        if release is None:
+            return None
+        return {"release": release.id, "root": str(self.releases.path(release.digest)),
+                "digest": release.digest, "entry": release.entry, "program": release.program}
+
+    async def _call(self, who: str, method: str, **params: Any) -> Any:
+        return await self.methods.call(method, params, caller=Caller("rollout", who))
+
+    async def _place(self, rec: AgentRecord) -> None:
+        """Set every instance of the agent to run its current release from its next start."""
+        names = self.instances(rec.agent)
+        current = self._override(rec, rec.current)
+        await self._call(rec.agent, "agent.release", agent=rec.agent, release=current)
+        for name in names:
+            if name != rec.agent:
+                await self._call(rec.agent, "agent.release", agent=name, release=None)
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Before any agent starts: finish interrupted rollouts, place every agent on its
+        current release."""
+        self._records = await self.book.open(STREAM)
+        await trio.to_thread.run_sync(self.releases.clean_staging)
+        now = time.time()
+        for agent in self.agents():
+            rec = self.record(agent)
+            try:
+                self.instances(agent)
+            except MethodError:
+                log.warning("rollouts: agent %s is no longer in the config; its record stays",
+                            agent)
+                continue
+            if rec.rollout is not None and rec.rollout.active:
+                log.warning("rollouts: rollout %d of %s was interrupted in phase %s",
+                            rec.rollout.id, agent, rec.rollout.phase)
+                rec = await self._save(machine.recover(rec, now), resumed=True)
+                rec = await self._finish_offline(rec)
+            await self._place(rec)
+
+    async def _finish_offline(self, rec: AgentRecord) -> AgentRecord:
+        """Complete a recovered rollout while no agent runs."""
+        ro = rec.rollout
+        assert ro is not None
+        if ro.phase == ROLLING_BACK:
+            await self._restore(rec)
+            rec = await self._save(machine.rolled_back(rec, time.time()))
+        elif ro.phase == SWITCHING and ro.kind == ROLLBACK:
+            rec = machine.switched(rec, time.time())
+            rec, dropped = machine.gate_passed(rec, time.time(), self.settings().keep_releases)
+            rec = await self._save(rec)
+            await self._drop(dropped)
+        self._forget_marks(rec)
+        return rec
+
+    async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery rollouts run in, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def stop(self) -> None:
+        """Stop driving (the runtime is stopping): an active rollout stays recorded in its
+        phase, and the next start finishes it."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- deploy --------------------------------------------------------------------------
+
+    async def deploy(self, agent: str, path: str, *, version: str | None, entry: str | None,
+                     gate_s: float | None, force: bool, request_id: str | None,
+                     wait: bool = False) -> dict[str, Any]:
+        """Copy `path` in as a release of `agent` and roll it out; answers once the first
+        step's instances run it (the gate and later steps go on in the room's nursery)."""
+        names = self.instances(agent)
+        rec = self.record(agent)
+        if request_id is not None and rec.rollout is not None \
+                and rec.rollout.request_id == request_id:
+            return self.describe(rec)  # applied before the runtime could remember the id
+        spec = self.spec(agent)
+        try:
+            digest, folder, new = await trio.to_thread.run_sync(self.releases.add, path)
+            rel_entry, program = await trio.to_thread.run_sync(
+                _what_runs, spec, Path(path), folder, entry)
+        except (ReleaseError, OSError) as exc:
+            raise MethodError("failed", f"deploy of {agent}: {exc}") from None
+        release = Release(digest[:12], digest, version or digest[:12], time.time(),
+                          rel_entry, program)
+        settings = self.settings()
+        gate = gate_s if gate_s is not None else spec.gate if spec.gate is not None \
+            else settings.gate
+        steps = spec.steps if spec.steps is not None else settings.steps
+        try:
+            rec = machine.begin(rec, release, names, steps, gate, time.time(), request_id, force)
+        except RolloutRefused as exc:
+            if exc.code == "already":
+                return {**self.describe(rec), "already": True}
+            raise MethodError(exc.code, str(exc)) from None
+        self.events.emit("release", agent, action="added", release=release.id,
+                         version=release.version, digest=digest, new=new)
+        await self._start_driving(rec, wait)
+        return self.describe(self.record(agent))
+
+    async def _start_driving(self, rec: AgentRecord, wait: bool) -> None:
+        """Save `rec` (its rollout's first phase) and drive it in the room's nursery;
+        returns once its first step is done (or the rollout ended)."""
+        assert self._nursery is not None, "run() first"
+        await self._nursery.start(self._drive, rec, wait)
+
+    async def _drive(self, rec: AgentRecord, wait: bool,
+                     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        agent = rec.agent
+        ro = rec.rollout
+        assert ro is not None
+        done = self._done[agent] = trio.Event()
+        reported = False
+        try:
+            async with self.locks.hold(self.scope_of(agent), f"rollout {ro.id} of {agent} is in "
+                                       "progress", wait):
+                rec = await self._save(rec)
+                gate: Gate | None = None
+                while rec.rollout is not None and rec.rollout.active:
+                    try:
+                        rec, gate = await self._advance(rec, gate)
+                    except Exception as exc:  # a bug of ours must not take the runtime down
+                        log.exception("rollout %d of %s: %s failed", rec.rollout.id, agent,
+                                      rec.rollout.phase)
+                        if rec.rollout.phase == ROLLING_BACK:
+                            break  # stays recorded: the next start finishes the rollback
+                        rec, gate = await self._save(machine.gate_failed(
+                            rec, f"internal error: {exc!r}", time.time())), None
+                    if not reported and rec.rollout.phase != SWITCHING:
+                        reported = True  # the first step runs the release: deploy answers
+                        task_status.started()
+        finally:
+            self._aborts.pop(agent, None)
+            done.set()
+            if not reported:
+                task_status.started()
+
+    async def _advance(self, rec: AgentRecord, gate: Gate | None) \
+            -> tuple[AgentRecord, Gate | None]:
+        """Carry out the current phase: the record after it (durable), and the gate that
+        follows a switch (its event follower opened before the switch)."""
+        ro = rec.rollout
+        assert ro is not None
+        agent = rec.agent
+        if ro.phase == SWITCHING:
+            gate = self._new_gate(agent)
+            try:
+                rec = await self._switch(rec, gate)
+            except MethodError as exc:
+                gate.events.close()
+                return await self._save(machine.gate_failed(rec, f"switch failed: {exc}",
+                                                            time.time())), None
+            return await self._save(machine.switched(rec, time.time())), gate
+        if ro.phase == GATING:
+            gate = gate or self._new_gate(agent)
+            with gate.events:
+                verdict = await self._gate(rec, gate)
+            if verdict is not None:
+                return await self._save(machine.gate_failed(rec, verdict, time.time())), None
+            rec, dropped = machine.gate_passed(rec, time.time(), self.settings().keep_releases)
+            if rec.rollout is not None and rec.rollout.phase == COMMITTED:
+                await self._place(rec)
+                rec = await self._save(rec)
+                self._forget_marks(rec)
+                await self._drop(dropped)
+                return rec, None
+            return await self._save(rec), None
+        if ro.phase == ROLLING_BACK:
+            for name in reversed(ro.switched):
+                with contextlib.suppress(MethodError):
+                    await self._call(agent, "agent.stop", agent=name)
+            await self._restore(rec)
+            await self._place(rec)
+            for name in ro.switched:
+                try:
+                    await self._call(agent, "agent.start", agent=name)
+                except MethodError as exc:
+                    log.error("rollback of %s: %s did not start again: %s", agent, name, exc)
+            rec = await self._save(machine.rolled_back(rec, time.time()))
+            self._forget_marks(rec)
+            return rec, None
+        raise AssertionError(f"no action for phase {ro.phase}")
+
+    def _new_gate(self, agent: str) -> Gate:
+        spec = self.spec(agent)
+
+        async def running() -> dict[str, tuple[str, int]]:
+            table = (await self._call(agent, "status"))["agents"]
+            cols = list(table.columns)
+            at_name, at_state, at_restarts = (cols.index(c) for c in
+                                              ("name", "state", "restarts"))
+            return {r[at_name]: (r[at_state], r[at_restarts]) for r in table.rows}
+        return Gate(self.events.follow(), self.probe, running, spec.gate_metric)
+
+    async def _switch(self, rec: AgentRecord, gate: Gate) -> AgentRecord:
+        """Stop the step's instances, mark their state, start them on the release."""
+        ro = rec.rollout
+        assert ro is not None
+        agent = rec.agent
+        moving = ro.step_instances()
+        gate.before_switch(ro.switched)
+        for name in moving:
+            await self._call(agent, "agent.stop", agent=name)
+        if ro.kind != ROLLBACK:
+            marks = {}
+            for name in moving:
+                state = await self.book.open(state_stream(name))
+                seq, snapshot = state.applied_seq, state.to_dict()  # one step: consistent
+                await trio.to_thread.run_sync(
+                    write_mark, mark_path(self.marks_dir, agent, ro.id, name), seq, snapshot)
+                marks[name] = seq
+            rec = await self._save(machine.marked(rec, marks, time.time()), marks=marks)
+        override = self._override(rec, ro.release)
+        if agent in self._aborts:
+            raise MethodError("failed", self._aborts[agent])
+        for name in moving:
+            await self._call(agent, "agent.release", agent=name, release=override)
+            await self._call(agent, "agent.start", agent=name)
+        return rec
+
+    async def _gate(self, rec: AgentRecord, gate: Gate) -> str | None:
+        """Run the step's gate; why it failed, or None."""
+        ro = rec.rollout
+        assert ro is not None
+        agent = rec.agent
+        if agent in self._aborts:
+            return self._aborts[agent]
+        gated = []
+        for name in ro.switched:
+            spec = self.directory.get(name)
+            gated.append(Gated(name, spec.heartbeat_timeout_s if spec is not None else 0.0))
+        with trio.CancelScope() as scope:
+            self._gates[agent] = scope
+            try:
+                verdict = await gate.run(gated, ro.gate_s)
+            finally:
+                self._gates.pop(agent, None)
+        if scope.cancelled_caught:
+            return self._aborts.get(agent, "the gate was cancelled")
+        return None if verdict.ok else verdict.reason
+
+    async def _restore(self, rec: AgentRecord) -> None:
+        """Put each switched instance's state back to its mark (what it wrote is archived)."""
+        ro = rec.rollout
+        assert ro is not None
+        for name in ro.switched:
+            seq = ro.mark_of(name)
+            if seq is None:
+                continue  # never started on the release
+            path = mark_path(self.marks_dir, rec.agent, ro.id, name)
+            state = await self.book.open(state_stream(name))
+            folder = self.archive_dir / "rollbacks" / f"{rec.agent}-{ro.id}" / name
+            try:
+                done = await restore_to_mark(self.book.store, state, name, path, folder)
+            except StoreError as exc:
+                log.error("rollback of %s: the state of %s could not be restored to its mark "
+                          "(seq %d): %s; it is left as the new version wrote it", rec.agent,
+                          name, seq, exc)
+                self.events.emit("rollout-restore-failed", name, rollout=ro.id, mark_seq=seq,
+                                 error=str(exc))
+                continue
+            if done["restored"]:
+                self.events.emit("state-restored", name, rollout=ro.id, mark_seq=seq, **done)
+
+    def _forget_marks(self, rec: AgentRecord) -> None:
+        ro = rec.rollout
+        if ro is not None and not ro.active:
+            shutil.rmtree(self.marks_dir / f"{rec.agent}-{ro.id}", ignore_errors=True)
+
+    async def _drop(self, digests: list[str]) -> None:
+        """Delete releases no agent's record refers to any more."""
+        if not digests:
+            return
+        used = {r.digest for a in self.agents() for r in self.record(a).releases}
+        for digest in digests:
+            if digest not in used:
+                with contextlib.suppress(ReleaseError, OSError):
+                    await trio.to_thread.run_sync(self.releases.remove, digest)
+                    self.events.emit("release", None, action="removed", digest=digest)
+
+    # -- rollback ------------------------------------------------------------------------
+
+    async def rollback(self, agent: str, *, request_id: str | None, wait: bool,
+                       caller: Caller) -> dict[str, Any]:
+        """Roll back: an active rollout now (its gate fails), else from the current release
+        to the one before it. Answers once every instance runs the older release."""
+        names = self.instances(agent)
+        rec = self.record(agent)
+        ro = rec.rollout
+        if request_id is not None and ro is not None and ro.request_id == request_id:
+            return self.describe(rec)
+        who = caller.kind + (f" {caller.name}" if caller.name else "") + \
+            (f" uid {caller.uid}" if caller.uid is not None else "")
+        if ro is not None and ro.active:
+            if ro.phase != ROLLING_BACK:
+                self._aborts[agent] = f"rollback requested ({who})"
+                scope = self._gates.get(agent)
+                if scope is not None:
+                    scope.cancel()
+            done = self._done.get(agent)
+            if done is not None:
+                await done.wait()
+            return self.describe(self.record(agent))
+        try:
+            rec = machine.begin_rollback(rec, names, time.time(), request_id)
+        except RolloutRefused as exc:
+            raise MethodError(exc.code, str(exc)) from None
+        await self._start_driving(rec, wait)
+        await self._done[agent].wait()
+        return self.describe(self.record(agent))
+
+    # -- what it says --------------------------------------------------------------------
+
+    def describe(self, rec: AgentRecord) -> dict[str, Any]:
+        """The agent's current release and latest rollout, as plain data."""
+        current = rec.release(rec.current)
+        ro = rec.rollout
+        out: dict[str, Any] = {
+            "agent": rec.agent,
+            "current": None if current is None else {"release": current.id,
+                                                     "version": current.version},
+            "holding": self.locks.holding(rec.agent),
+            "rollout": None,
+        }
+        if ro is not None:
+            release = rec.release(ro.release)
+            previous = rec.release(ro.previous)
+            out["rollout"] = {
+                "id": ro.id, "kind": ro.kind, "phase": ro.phase, "release": ro.release,
+                "version": None if release is None else release.version,
+                "previous": ro.previous,
+                "previous_version": None if previous is None else previous.version,
+                "step": ro.step + 1, "steps": list(ro.steps), "instances": list(ro.instances),
+                "switched": list(ro.switched), "gate_s": ro.gate_s, "started": ro.started,
+                "updated": ro.updated, "reason": ro.reason, "request_id": ro.request_id,
+                "gating": ro.phase == GATING, "done": ro.phase in (COMMITTED, ROLLED_BACK),
+            }
+        return out
+
+    def list_releases(self, agent: str) -> list[dict[str, Any]]:
+        """Every kept release of `agent`, oldest first."""
+        rec = self.record(agent)
+        return [{"release": r.id, "version": r.version, "status": r.status,
+                 "current": r.id == rec.current, "added": r.added, "digest": r.digest,
+                 "entry": r.entry, "program": r.program, "reason": r.reason}
+                for r in rec.releases]
+
+
+def _what_runs(spec: AgentSpec, source: Path, folder: Path, entry: str | None) \
+        -> tuple[str | None, str | None]:
+    """(entry, program) of a release of `spec`'s agent copied from `source` into `folder`,
+    checked to exist there. ReleaseError says what to pass instead."""
+    if spec.kind == "exec":
+        program = entry or (source.name if source.is_file()
+                            else Path(spec.command[0]).name)
+        if not (folder / program).is_file():
+            raise ReleaseError(f"the release has no program {program!r}; pass --entry with "
+                               "its path inside the release")
+        return None, program
+    func = (spec.entry or "").rpartition(":")[2]
+    if entry is None:
+        entry = f"{source.name}:{func}" if source.is_file() else default_entry(spec)
+    elif ":" not in entry:
+        entry = f"{entry}:{func}"
+    file_part = entry.rpartition(":")[0]
+    if not (folder / file_part).is_file():
+        raise ReleaseError(f"the release has no {file_part!r} to run; pass --entry "
+                           "FILE.py:FUNCTION with a file inside the release")
+    return entry, None
