@@ -12,6 +12,7 @@ import trio
 
 from runtime.store import KeyValueState
 from shm import Counter, Gauge, Heartbeat, Histogram, Record, Segment, SegmentError
+from shm.metrics import RECORD_MAX_BYTES
 
 
 def state_stream(agent: str) -> str:
@@ -66,7 +67,7 @@ class AgentMetrics:
 
 
 HEALTH_METRIC = "health"  # the record slot '<agent>:health'
-HEALTH_BYTES = 256
+HEALTH_BYTES = RECORD_MAX_BYTES  # one slot
 _HEALTH_HEAD = struct.Struct("<QB")  # reports so far, ok
 
 

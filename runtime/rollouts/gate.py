@@ -179,19 +179,21 @@ class Gate:
         self.probe = probe
         self.running = running
         self.metric = metric
-        self._reports: dict[str, int] = {}
+        self._before: Baseline | None = None
 
     def before_switch(self, names: Sequence[str]) -> None:
-        """Health reports seen before the new version started do not count."""
-        base = baseline(self.probe, [Gated(n) for n in names], None, 0.0)
-        self._reports = base.reports
+        """Take the baseline before the new version starts: health reports and counter
+        values from before do not count, what the new version adds does."""
+        self._before = baseline(self.probe, [Gated(n) for n in names], self.metric, 0.0)
 
     async def run(self, gated: Sequence[Gated], duration: float) -> Verdict:
         """Hold `gated` to the gate for `duration` seconds (trio's clock)."""
         names = frozenset(g.name for g in gated)
         start = trio.current_time()
         base = baseline(self.probe, gated, self.metric, start)
-        base.reports = {n: max(base.reports.get(n, 0), self._reports.get(n, 0)) for n in names}
+        if self._before is not None:  # the instances switched this step: from before it
+            base.reports.update(self._before.reports)
+            base.counters.update(self._before.counters)
         before = await self.running()
         failed: list[str] = []
         async with trio.open_nursery() as nursery:

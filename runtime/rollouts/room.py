@@ -95,6 +95,7 @@ class Rollouts:
         self._gates: dict[str, trio.CancelScope] = {}
         self._aborts: dict[str, str] = {}
         self._done: dict[str, trio.Event] = {}
+        self._dropped: list[str] = []  # release digests a commit let go
 
     # -- records -------------------------------------------------------------------------
 
@@ -287,6 +288,10 @@ class Rollouts:
             done.set()
             if not reported:
                 task_status.started()
+        # The agent is free again before this: housekeeping holds up no command.
+        self._forget_marks(rec)
+        dropped, self._dropped = self._dropped, []
+        await self._drop(dropped)
 
     async def _advance(self, rec: AgentRecord, gate: Gate | None) \
             -> tuple[AgentRecord, Gate | None]:
@@ -314,8 +319,7 @@ class Rollouts:
             if rec.rollout is not None and rec.rollout.phase == COMMITTED:
                 await self._place(rec)
                 rec = await self._save(rec)
-                self._forget_marks(rec)
-                await self._drop(dropped)
+                self._dropped.extend(dropped)  # deleted once the agent is let go
                 return rec, None
             return await self._save(rec), None
         if ro.phase == ROLLING_BACK:
@@ -329,9 +333,7 @@ class Rollouts:
                     await self._call(agent, "agent.start", agent=name)
                 except MethodError as exc:
                     log.error("rollback of %s: %s did not start again: %s", agent, name, exc)
-            rec = await self._save(machine.rolled_back(rec, time.time()))
-            self._forget_marks(rec)
-            return rec, None
+            return await self._save(machine.rolled_back(rec, time.time())), None
         raise AssertionError(f"no action for phase {ro.phase}")
 
     def _new_gate(self, agent: str) -> Gate:
@@ -351,9 +353,9 @@ class Rollouts:
         assert ro is not None
         agent = rec.agent
         moving = ro.step_instances()
-        gate.before_switch(ro.switched)
         for name in moving:
             await self._call(agent, "agent.stop", agent=name)
+        gate.before_switch(ro.switched)  # what the old versions reported does not count
         if ro.kind != ROLLBACK:
             marks = {}
             for name in moving:
@@ -486,7 +488,10 @@ class Rollouts:
                 "step": ro.step + 1, "steps": list(ro.steps), "instances": list(ro.instances),
                 "switched": list(ro.switched), "gate_s": ro.gate_s, "started": ro.started,
                 "updated": ro.updated, "reason": ro.reason, "request_id": ro.request_id,
-                "gating": ro.phase == GATING, "done": ro.phase in (COMMITTED, ROLLED_BACK),
+                "gating": ro.phase == GATING,
+                # Ended, and the agent let go (its last record is durable a moment before).
+                "done": ro.phase in (COMMITTED, ROLLED_BACK) and (
+                    rec.agent not in self._done or self._done[rec.agent].is_set()),
             }
         return out
 
