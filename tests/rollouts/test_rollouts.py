@@ -236,3 +236,31 @@ def test_a_3_instance_canary_failing_at_step_2_leaves_all_3_on_the_old_version(
         {n: ("running", None) for n in names}
     assert [s["version"] for s in starts(log, "w@3")] == ["v1"]
     assert ("gating", 1) in phases and ("gating", 2) in phases and ("gating", 3) not in phases
+
+
+def test_the_cli_follows_a_deploy_to_its_end_and_says_what_happened(
+        tmp_path: Path, start_runtime) -> None:
+    log = tmp_path / "versions.log"
+    v1 = write_version(tmp_path, "v1", log)
+    v2 = write_version(tmp_path, "v2", log)
+    v3 = write_version(tmp_path, "v3", log, crash_after=0.2)
+    rt = start_runtime(agent_config(tmp_path, v1, rollouts='gate = "1s"'))
+    rt.wait_running("a")
+    good = rt.cli("deploy", "a", str(v2), "--version", "2.0")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.splitlines()[-1].endswith("(2.0) committed")
+    bad = rt.cli("deploy", "a", str(v3), "--version", "3.0")
+    assert bad.returncode == 1
+    assert "rolled back to 2.0: a raised RuntimeError: v3 crashed on purpose" in bad.stdout
+    status = rt.cli("rollout", "status")
+    assert status.returncode == 0
+    header, line = status.stdout.splitlines()
+    assert header.split() == ["AGENT", "CURRENT", "PHASE", "ROLLOUT", "STEP", "UPDATED",
+                              "REASON"]
+    assert line.split()[:5] == ["a", "2.0", "rolled_back", "3.0", "1/1"]
+    releases = rt.cli("releases", "a").stdout.splitlines()[1:]
+    first, second = (r.split() for r in releases)
+    assert (first[0], first[2], first[3]) == ("*", "2.0", "live")
+    assert (second[1], second[2]) == ("3.0", "bad") and "crashed on purpose" in releases[1]
+    again = rt.cli("deploy", "a", str(v2))
+    assert again.returncode == 0 and "already runs release" in again.stdout
