@@ -1,11 +1,13 @@
 """An agent's state at the mark, and putting it back when a rollout rolls back.
 
 The mark is taken when an instance has stopped on its old release and before
-it starts on the new one: its state's seq (kept in the rollout record) and a
-snapshot of the state at that seq, written as a file in the store's own
-checkpoint format (zstd, checksummed; fsync, rename, fsync of the folder). The
-rollout keeps its own copy because the store's retention may retire the
-checkpoint of that seq while a long gate runs.
+it starts on the new one: a snapshot of its state and the state's seq,
+written as a file in the store's own checkpoint format (zstd, checksummed;
+fsync, rename, fsync of the folder) before the new version starts, so the
+file is the proof that an instance may have run the new version (the seq is
+also kept in the rollout record once the step has switched). The rollout
+keeps its own copy because the store's retention may retire the checkpoint
+of that seq while a long gate runs.
 
 Rolling back restores the state through the normal durable write path: the
 ops that turn the state as it is into the state at the mark (sets and
@@ -32,26 +34,40 @@ from runtime.store import KeyValueState, Store, StoreError, codec
 MARK_SUFFIX = ".mark"
 
 
+def mark_prefix(agent: str, rollout: int) -> str:
+    """The start of the file names of one rollout's marks ('+' is in no agent name)."""
+    return f"{agent}+{rollout}+"
+
+
 def mark_path(directory: Path, agent: str, rollout: int, instance: str) -> Path:
-    return directory / f"{agent}-{rollout}" / f"{instance}{MARK_SUFFIX}"
+    return directory / f"{mark_prefix(agent, rollout)}{instance}{MARK_SUFFIX}"
 
 
-def write_mark(path: Path, seq: int, state: dict[str, Any]) -> None:
-    """Durably write the snapshot of a state at `seq` (blocking: run it in a thread)."""
-    blob = codec.encode_checkpoint(seq, codec.pack(state, codec.MAX_CHECKPOINT_BYTES))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    for folder in (path.parent, path.parent.parent):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_marks(marks: list[tuple[Path, int, dict[str, Any]]]) -> None:
+    """Durably write snapshots (path, seq, state), all in one folder (blocking: a thread)."""
+    folders = set()
+    for path, seq, state in marks:
+        blob = codec.encode_checkpoint(seq, codec.pack(state, codec.MAX_CHECKPOINT_BYTES))
+        if path.parent not in folders and not path.parent.is_dir():
+            path.parent.mkdir(parents=True)
+            _fsync_dir(path.parent.parent)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        folders.add(path.parent)
+    for folder in folders:
+        _fsync_dir(folder)
 
 
 def read_mark(path: Path) -> tuple[int, dict[str, Any]]:

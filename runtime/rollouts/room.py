@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -55,7 +54,13 @@ from runtime.rollouts.machine import (
     Release,
     RolloutRefused,
 )
-from runtime.rollouts.marks import mark_path, restore_to_mark, write_mark
+from runtime.rollouts.marks import (
+    mark_path,
+    mark_prefix,
+    read_mark,
+    restore_to_mark,
+    write_marks,
+)
 from runtime.store import KeyValueState, StateBook, StoreError
 from runtime.supervisor.overrides import default_entry
 from shm import Segment
@@ -229,10 +234,11 @@ class Rollouts:
                 and rec.rollout.request_id == request_id:
             return self.describe(rec)  # applied before the runtime could remember the id
         spec = self.spec(agent)
+        def stage() -> tuple[str, bool, str | None, str | None]:
+            digest, folder, new = self.releases.add(path)
+            return (digest, new, *_what_runs(spec, Path(path), folder, entry))
         try:
-            digest, folder, new = await trio.to_thread.run_sync(self.releases.add, path)
-            rel_entry, program = await trio.to_thread.run_sync(
-                _what_runs, spec, Path(path), folder, entry)
+            digest, new, rel_entry, program = await trio.to_thread.run_sync(stage)
         except (ReleaseError, OSError) as exc:
             raise MethodError("failed", f"deploy of {agent}: {exc}") from None
         release = Release(digest[:12], digest, version or digest[:12], time.time(),
@@ -357,14 +363,16 @@ class Rollouts:
             await self._call(agent, "agent.stop", agent=name)
         gate.before_switch(ro.switched)  # what the old versions reported does not count
         if ro.kind != ROLLBACK:
-            marks = {}
+            # Durable before the new version starts: a mark file is the proof that an
+            # instance may have run it (the record gets the seqs with the switch).
+            marks, files = {}, []
             for name in moving:
                 state = await self.book.open(state_stream(name))
                 seq, snapshot = state.applied_seq, state.to_dict()  # one step: consistent
-                await trio.to_thread.run_sync(
-                    write_mark, mark_path(self.marks_dir, agent, ro.id, name), seq, snapshot)
+                files.append((mark_path(self.marks_dir, agent, ro.id, name), seq, snapshot))
                 marks[name] = seq
-            rec = await self._save(machine.marked(rec, marks, time.time()), marks=marks)
+            await trio.to_thread.run_sync(write_marks, files)
+            rec = machine.marked(rec, marks, time.time())
         override = self._override(rec, ro.release)
         if agent in self._aborts:
             raise MethodError("failed", self._aborts[agent])
@@ -399,10 +407,12 @@ class Rollouts:
         ro = rec.rollout
         assert ro is not None
         for name in ro.switched:
-            seq = ro.mark_of(name)
-            if seq is None:
-                continue  # never started on the release
             path = mark_path(self.marks_dir, rec.agent, ro.id, name)
+            seq = ro.mark_of(name)
+            if seq is None:  # interrupted before the switch was recorded: the file says
+                if not path.exists():
+                    continue  # never started on the release
+                seq = (await trio.to_thread.run_sync(read_mark, path))[0]
             state = await self.book.open(state_stream(name))
             folder = self.archive_dir / "rollbacks" / f"{rec.agent}-{ro.id}" / name
             try:
@@ -419,8 +429,9 @@ class Rollouts:
 
     def _forget_marks(self, rec: AgentRecord) -> None:
         ro = rec.rollout
-        if ro is not None and not ro.active:
-            shutil.rmtree(self.marks_dir / f"{rec.agent}-{ro.id}", ignore_errors=True)
+        if ro is not None and not ro.active and self.marks_dir.is_dir():
+            for path in self.marks_dir.glob(f"{mark_prefix(rec.agent, ro.id)}*"):
+                path.unlink(missing_ok=True)
 
     async def _drop(self, digests: list[str]) -> None:
         """Delete releases no agent's record refers to any more."""

@@ -200,8 +200,8 @@ def test_kill9_in_each_rollout_phase_ends_in_one_version(tmp_path: Path, start_r
         assert "feels unwell" in found["rollout"]["reason"] and statuses == ["bad"]
     else:
         assert found["rollout"]["reason"].startswith("interrupted") and statuses == ["aborted"]
-    if at_mark is not None:
-        assert after[0]["state"] == at_mark  # v2's writes undone, v1's state as it left it
+    if at_mark is not None:  # v2's writes undone, v1's state as it left it
+        assert after[0]["state"] == at_mark, (lines(log), rt.log()[-6000:])
 
 
 def test_a_3_instance_canary_failing_at_step_2_leaves_all_3_on_the_old_version(
