@@ -27,9 +27,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -66,6 +66,8 @@ from runtime.supervisor.overrides import default_entry
 from shm import Segment
 
 log = logging.getLogger("outpost.rollouts")
+
+T = TypeVar("T")
 
 STREAM = "rollouts"
 EVENT = "rollout"
@@ -274,18 +276,18 @@ class Rollouts:
         try:
             async with self.locks.hold(self.scope_of(agent), f"rollout {ro.id} of {agent} is in "
                                        "progress", wait):
-                rec = await self._save(rec)
                 gate: Gate | None = None
+                unsaved = True  # saved alongside the first actions (see _alongside)
                 while rec.rollout is not None and rec.rollout.active:
                     try:
-                        rec, gate = await self._advance(rec, gate)
+                        rec, gate, unsaved = await self._advance(rec, gate, unsaved)
                     except Exception as exc:  # a bug of ours must not take the runtime down
                         log.exception("rollout %d of %s: %s failed", rec.rollout.id, agent,
                                       rec.rollout.phase)
                         if rec.rollout.phase == ROLLING_BACK:
                             break  # stays recorded: the next start finishes the rollback
-                        rec, gate = await self._save(machine.gate_failed(
-                            rec, f"internal error: {exc!r}", time.time())), None
+                        rec, gate, unsaved = await self._save(machine.gate_failed(
+                            rec, f"internal error: {exc!r}", time.time())), None, False
                     if not reported and rec.rollout.phase != SWITCHING:
                         reported = True  # the first step runs the release: deploy answers
                         task_status.started()
@@ -299,39 +301,62 @@ class Rollouts:
         dropped, self._dropped = self._dropped, []
         await self._drop(dropped)
 
-    async def _advance(self, rec: AgentRecord, gate: Gate | None) \
-            -> tuple[AgentRecord, Gate | None]:
-        """Carry out the current phase: the record after it (durable), and the gate that
-        follows a switch (its event follower opened before the switch)."""
+    async def _alongside(self, rec: AgentRecord, work: Callable[[], Awaitable[T]]) -> T:
+        """Make `rec` durable while `work` runs; both are done when this returns.
+
+        For a phase whose first actions need not wait for it: stopping the old version
+        and marking its state (before a switch), stopping the new one (before a
+        rollback). Were the runtime to die before `rec` is durable, the record still in
+        the phase before says to undo the same actions, which is what recovery does.
+        """
+        out: list[T] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._save, rec)
+                out.append(await work())
+        except BaseExceptionGroup as group:  # one of the two failed: that failure, bare
+            raise group.exceptions[0] from None
+        return out[0]
+
+    async def _advance(self, rec: AgentRecord, gate: Gate | None, unsaved: bool) \
+            -> tuple[AgentRecord, Gate | None, bool]:
+        """Carry out the current phase: the record after it, the gate that follows a
+        switch (its event follower opened before the switch), and whether that record
+        is still to be made durable (by the next phase's first actions)."""
         ro = rec.rollout
         assert ro is not None
         agent = rec.agent
         if ro.phase == SWITCHING:
             gate = self._new_gate(agent)
             try:
-                rec = await self._switch(rec, gate)
+                rec = await self._switch(rec, gate, unsaved)
             except MethodError as exc:
                 gate.events.close()
-                return await self._save(machine.gate_failed(rec, f"switch failed: {exc}",
-                                                            time.time())), None
-            return await self._save(machine.switched(rec, time.time())), gate
+                return machine.gate_failed(rec, f"switch failed: {exc}", time.time()), None, \
+                    True
+            return await self._save(machine.switched(rec, time.time())), gate, False
         if ro.phase == GATING:
             gate = gate or self._new_gate(agent)
             with gate.events:
                 verdict = await self._gate(rec, gate)
             if verdict is not None:
-                return await self._save(machine.gate_failed(rec, verdict, time.time())), None
+                return machine.gate_failed(rec, verdict, time.time()), None, True
             rec, dropped = machine.gate_passed(rec, time.time(), self.settings().keep_releases)
             if rec.rollout is not None and rec.rollout.phase == COMMITTED:
                 await self._place(rec)
                 rec = await self._save(rec)
                 self._dropped.extend(dropped)  # deleted once the agent is let go
-                return rec, None
-            return await self._save(rec), None
+                return rec, None, False
+            return rec, None, True  # the next step's switch saves it
         if ro.phase == ROLLING_BACK:
-            for name in reversed(ro.switched):
-                with contextlib.suppress(MethodError):
-                    await self._call(agent, "agent.stop", agent=name)
+            async def stop_new() -> None:
+                for name in reversed(ro.switched):
+                    with contextlib.suppress(MethodError):
+                        await self._call(agent, "agent.stop", agent=name)
+            if unsaved:
+                await self._alongside(rec, stop_new)
+            else:
+                await stop_new()
             await self._restore(rec)
             await self._place(rec)
             for name in ro.switched:
@@ -339,7 +364,7 @@ class Rollouts:
                     await self._call(agent, "agent.start", agent=name)
                 except MethodError as exc:
                     log.error("rollback of %s: %s did not start again: %s", agent, name, exc)
-            return await self._save(machine.rolled_back(rec, time.time())), None
+            return await self._save(machine.rolled_back(rec, time.time())), None, False
         raise AssertionError(f"no action for phase {ro.phase}")
 
     def _new_gate(self, agent: str) -> Gate:
@@ -353,16 +378,20 @@ class Rollouts:
             return {r[at_name]: (r[at_state], r[at_restarts]) for r in table.rows}
         return Gate(self.events.follow(), self.probe, running, spec.gate_metric)
 
-    async def _switch(self, rec: AgentRecord, gate: Gate) -> AgentRecord:
-        """Stop the step's instances, mark their state, start them on the release."""
+    async def _switch(self, rec: AgentRecord, gate: Gate, unsaved: bool) -> AgentRecord:
+        """Stop the step's instances, mark their state, start them on the release (the
+        record, if `unsaved`, made durable meanwhile: before anything new runs)."""
         ro = rec.rollout
         assert ro is not None
         agent = rec.agent
         moving = ro.step_instances()
-        for name in moving:
-            await self._call(agent, "agent.stop", agent=name)
-        gate.before_switch(ro.switched)  # what the old versions reported does not count
-        if ro.kind != ROLLBACK:
+
+        async def stop_and_mark() -> AgentRecord:
+            for name in moving:
+                await self._call(agent, "agent.stop", agent=name)
+            gate.before_switch(ro.switched)  # what the old versions reported does not count
+            if ro.kind == ROLLBACK:
+                return rec
             # Durable before the new version starts: a mark file is the proof that an
             # instance may have run it (the record gets the seqs with the switch).
             marks, files = {}, []
@@ -372,7 +401,8 @@ class Rollouts:
                 files.append((mark_path(self.marks_dir, agent, ro.id, name), seq, snapshot))
                 marks[name] = seq
             await trio.to_thread.run_sync(write_marks, files)
-            rec = machine.marked(rec, marks, time.time())
+            return machine.marked(rec, marks, time.time())
+        rec = await (self._alongside(rec, stop_and_mark) if unsaved else stop_and_mark())
         override = self._override(rec, ro.release)
         if agent in self._aborts:
             raise MethodError("failed", self._aborts[agent])
