@@ -7,8 +7,8 @@ are validated (each handler declares them, see runtime.control.params), where
 an unexpected exception becomes an `internal` answer instead of a crash, and
 where a method declared mutating (`accepts(..., mutates=...)`) is handed to
 the guard (runtime.control.mutations): request ids that apply once, one
-mutation at a time per agent, the audit event. A read-only method pays one
-attribute test for that.
+mutation at a time per agent, the audit event. The table wraps such a
+handler when it is added, so a read-only call pays nothing for any of it.
 
 No trio here: importing the control package costs a client command nothing.
 """
@@ -95,9 +95,10 @@ class Methods:
     """Control methods by name, each with the params it declared."""
 
     def __init__(self, guard: Guard | None = None) -> None:
-        # name -> (handler, its params, what it gets for no params (None if that is
-        # refused), what it mutates (None: read-only))
-        self._table: dict[str, tuple[Handler, Params, dict[str, Any] | None, Mutates]] = {}
+        # name -> (handler, its params, what it gets for no params: None if that is refused).
+        # A mutating method's handler is wrapped in the guard (see `_guarded`), so a
+        # read-only call runs exactly as before: nothing here tests for mutations.
+        self._table: dict[str, tuple[Handler, Params, dict[str, Any] | None]] = {}
         self._guard = guard
 
     def use_guard(self, guard: Guard | None) -> None:
@@ -116,8 +117,9 @@ class Methods:
             if spec is None:
                 raise TypeError(f"control method {name!r} does not declare its params: "
                                 "decorate it with runtime.control.params.accepts(...)")
-            entries[name] = (handler, spec, spec.parse(None) if spec.optional else None,
-                             spec.mutates)
+            run = handler if spec.mutates is None else self._guarded(name, spec.mutates,
+                                                                      handler)
+            entries[name] = (run, spec, spec.parse(None) if spec.optional else None)
         self._table.update(entries)  # all or nothing
 
     def names(self) -> list[str]:
@@ -133,35 +135,42 @@ class Methods:
 
     def mutates(self, name: str) -> Mutates:
         """What method `name` declared it mutates (None: read-only; KeyError if unknown)."""
-        return self._table[name][3]
+        return self._table[name][1].mutates
+
+    def _guarded(self, method: str, mutates: Mutates, handler: Handler) -> Handler:
+        """`handler` run through the guard in force when it is called."""
+        async def guarded(args: dict[str, Any]) -> Any:
+            guard = self._guard
+            if guard is None:
+                return await handler(args)
+            return await guard.apply(method, mutates, args, _caller.get(), handler)
+        return guarded
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None,
-                   *, caller: Caller = INTERNAL, request_id: str | None = None) -> Any:
+                   *, caller: Caller = INTERNAL) -> Any:
         """Run `method` with `params` on behalf of `caller`; its result (or a Stream).
 
         MethodError("unknown_method") for an unknown name, ("bad_params") for
         params it did not declare or of the wrong type or range (before the handler
         runs), a handler's own MethodError as it is, and any other exception logged
-        and raised as MethodError("internal"). `request_id` (for a mutating method;
-        the same as params.request_id) makes a repeated request answer the first
-        time's answer without applying again: an in-process caller such as the
-        uplink passes its message ids here.
+        and raised as MethodError("internal").
+
+        A mutating method takes `params["request_id"]`: a repeated request with it
+        answers the first time's answer without applying again. An in-process
+        caller with ids of its own (the uplink's message ids) passes them there:
+        `methods.call("send", {..., "request_id": msg_id}, caller=Caller("uplink"))`.
         """
         entry = self._table.get(method)
         if entry is None:
             raise MethodError("unknown_method", f"no method {method!r}; known: "
                               + ", ".join(self.names()))
-        handler, spec, bare, mutates = entry
-        if request_id is not None:
-            params = {**(params or {}), "request_id": request_id}
+        handler, spec, bare = entry
         if bare is not None and (params is None or params == {}):
             args = bare.copy()  # most requests (ping, status, info) carry none: no parse
         else:
             args = spec.parse(params)  # bad_params before anything runs
         token = _caller.set(caller)
         try:
-            if mutates is not None and self._guard is not None:
-                return await self._guard.apply(method, mutates, args, caller, handler)
             return await handler(args)
         except MethodError:
             raise

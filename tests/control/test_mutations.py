@@ -66,21 +66,21 @@ async def test_a_repeated_request_id_answers_the_first_answer_and_applies_once(
         guard = Mutations(await RequestLedger.load(store),
                           lambda *a, **k: events.append((a, k)))
         methods, applied = table(guard)
-        first = await methods.call("bump", {"agent": "a"}, caller=PEER, request_id="r-1")
+        first = await methods.call("bump", {"agent": "a", "request_id": "r-1"}, caller=PEER)
         again = await methods.call("bump", {"agent": "a", "request_id": "r-1"}, caller=PEER)
-        other = await methods.call("bump", {"agent": "a"}, caller=PEER, request_id="r-2")
+        other = await methods.call("bump", {"agent": "a", "request_id": "r-2"}, caller=PEER)
         assert first == again == {"agent": "a", "count": 1}
         assert other == {"agent": "a", "count": 2}
         assert applied.count(("enter", "a")) == 2
         # The same id for another request is refused, whatever differs.
         for params, method in (({"agent": "a", "n": 5}, "bump"), ({}, "everything")):
             with pytest.raises(MethodError) as refused:
-                await methods.call(method, params, caller=PEER, request_id="r-1")
+                await methods.call(method, {**params, "request_id": "r-1"}, caller=PEER)
             assert refused.value.code == "conflict"
         assert applied.count(("enter", "a")) == 2
         # A retry may wait where the first try did not: still the same request.
-        assert await methods.call("bump", {"agent": "a", "wait": True},
-                                  request_id="r-1") == first
+        assert await methods.call("bump", {"agent": "a", "wait": True,
+                                           "request_id": "r-1"}) == first
         audit = [k for a, k in events if a[0] == "command"]
         assert [(k["request_id"], k["replayed"], k["outcome"]) for k in audit] == [
             ("r-1", False, "ok"), ("r-1", True, "ok"), ("r-2", False, "ok"),
@@ -93,8 +93,8 @@ async def test_a_repeated_request_id_answers_the_first_answer_and_applies_once(
     async with open_store(tmp_path) as store:
         guard = Mutations(await RequestLedger.load(store), lambda *a, **k: None)
         methods, applied = table(guard)
-        assert await methods.call("bump", {"agent": "a"}, request_id="r-1") == first
-        assert await methods.call("bump", {"agent": "a"}, request_id="r-2") == other
+        assert await methods.call("bump", {"agent": "a", "request_id": "r-1"}) == first
+        assert await methods.call("bump", {"agent": "a", "request_id": "r-2"}) == other
         assert applied == []
 
 
@@ -118,8 +118,8 @@ async def test_the_same_id_sent_twice_at_once_applies_once(tmp_path: Path) -> No
         answers = []
 
         async def send() -> None:
-            answers.append(await methods.call("bump", {"agent": "a", "wait": True},
-                                              request_id="twice"))
+            answers.append(await methods.call("bump", {"agent": "a", "wait": True,
+                                                       "request_id": "twice"}))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send)
             nursery.start_soon(send)
@@ -140,9 +140,9 @@ async def test_a_failed_request_is_not_remembered(tmp_path: Path) -> None:
         methods = Methods(guard)
         methods.add({"flaky": flaky})
         with pytest.raises(MethodError):
-            await methods.call("flaky", {"agent": "a"}, request_id="x")
-        assert await methods.call("flaky", {"agent": "a"}, request_id="x") == {"ok": True}
-        assert await methods.call("flaky", {"agent": "a"}, request_id="x") == {"ok": True}
+            await methods.call("flaky", {"agent": "a", "request_id": "x"})
+        assert await methods.call("flaky", {"agent": "a", "request_id": "x"}) == {"ok": True}
+        assert await methods.call("flaky", {"agent": "a", "request_id": "x"}) == {"ok": True}
         assert len(calls) == 2
 
 
