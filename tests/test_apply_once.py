@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from tests.rollouts.versions import wait_phase, wait_start, write_version
-from tests.runtime_proc import write_config
+from tests.runtime_proc import wait_for, write_config
 
 
 def cli_json(rt, *args: str) -> dict:
@@ -59,8 +59,10 @@ def test_state_set_send_and_deploy_apply_once_also_across_a_restart(
     assert status["rollout"]["id"] == first_deploy["rollout"]["id"]  # no second rollout
 
     # The audit trail: each mutation, with who asked (kernel credentials) and its id.
-    audit = cli_json(rt, "events", "--type", "command", "--limit", "1000")["events"]
-    sets = [e for e in audit if e["method"] == "state.set" and e["request_id"] == "set-1"]
+    def sets_of() -> list[dict]:
+        audit = cli_json(rt, "events", "--type", "command", "--limit", "1000")["events"]
+        return [e for e in audit if e["method"] == "state.set" and e["request_id"] == "set-1"]
+    sets = wait_for(lambda: (found := sets_of())[3:] and found, what="4 audit events")
     assert [(e["replayed"], e["outcome"]) for e in sets] == [
         (False, "ok"), (True, "ok"), (False, "conflict"), (True, "ok")]
     assert all(e["caller"] == "socket" and e["uid"] == os.getuid() and e["pid"] > 0

@@ -129,6 +129,10 @@ class Rollouts:
                              version=None if release is None else release.version,
                              step=ro.step + 1, steps=list(ro.steps),
                              switched=list(ro.switched), reason=ro.reason, **fields)
+            if ro.phase in (COMMITTED, ROLLED_BACK) and release is not None:
+                self.events.emit("release", rec.agent, action=release.status,
+                                 release=release.id, version=release.version,
+                                 reason=release.reason)
         return rec
 
     # -- what an agent is ----------------------------------------------------------------

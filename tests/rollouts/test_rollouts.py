@@ -67,8 +67,9 @@ def test_a_good_version_is_committed_after_its_gate(tmp_path: Path, start_runtim
         assert (row["state"], row["release"]) == ("running", answer["rollout"]["release"])
         listed = c.call("releases", agent="a")["releases"]
     assert [(r["version"], r["status"], r["current"]) for r in listed] == [("2.0", "live", True)]
-    phases = [e["phase"] for e in events(rt, "rollout", "a")]
-    assert phases == ["switching", "gating", "committed"]
+    stored = wait_for(lambda: (found := events(rt, "rollout", "a"))[2:] and found,
+                      what="the rollout's events stored")  # stored just after they happen
+    assert [e["phase"] for e in stored] == ["switching", "gating", "committed"]
     # Committed means kept: the next start of the runtime runs 2.0, not the config's v1.
     assert rt.terminate() == 0
     rt = start_runtime(rt.config)
@@ -93,8 +94,8 @@ def test_a_crash_5s_into_a_10s_gate_rolls_back_with_the_state_at_the_mark(
     back = wait_start(log, "a", "v1", count=2)
     assert back["state"] == at_mark  # the old code runs again with the state at the mark
     # ... and v2's writes are not destroyed: they are in the rollback's archive.
-    restored = events(rt, "state-restored", "a")
-    assert restored and restored[-1]["discarded"] >= 1
+    restored = wait_for(lambda: events(rt, "state-restored", "a"), what="state-restored")
+    assert restored[-1]["discarded"] >= 1
     archive = Path(restored[-1]["archive"])
     assert any(archive.glob("events-*.opa"))
     from runtime.maintain.archive import read_archive
@@ -230,8 +231,9 @@ def test_a_3_instance_canary_failing_at_step_2_leaves_all_3_on_the_old_version(
         assert wait_start(log, name, "v1", count=2)["state"] == marks[name]
     with rt.client() as c:
         rows = {r["name"]: r for r in c.call("status")["agents"]}
-        phases = [(e["phase"], e["step"]) for e in c.call(
-            "events.query", type="rollout", agent="w")["events"]]
+    stored = wait_for(lambda: (found := events(rt, "rollout", "w")) and
+                      found[-1]["phase"] == "rolled_back" and found, what="rolled_back event")
+    phases = [(e["phase"], e["step"]) for e in stored]
     assert {n: (rows[n]["state"], rows[n]["release"]) for n in names} == \
         {n: ("running", None) for n in names}
     assert [s["version"] for s in starts(log, "w@3")] == ["v1"]
