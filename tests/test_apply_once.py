@@ -18,15 +18,21 @@ def cli_json(rt, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
-def test_state_set_send_and_deploy_apply_once_also_across_a_restart(
-        tmp_path: Path, start_runtime) -> None:
+def two_versions(tmp_path: Path, start_runtime, gate: str) -> tuple:
+    """A runtime running agent `a` at v1, and v2's file: (runtime, config, log, v1, v2)."""
     log = tmp_path / "versions.log"
     v1 = write_version(tmp_path, "v1", log)
     v2 = write_version(tmp_path, "v2", log)
     config = write_config(tmp_path, f'[[agents]]\nname = "a"\nentry = "{v1}:run"\n',
-                          '[rollouts]\ngate = "0.5s"\n')
+                          f'[rollouts]\ngate = "{gate}"\n')
     rt = start_runtime(config)
     rt.wait_running("a")
+    return rt, config, log, v1, v2
+
+
+def test_state_set_send_and_deploy_apply_once_also_across_a_restart(
+        tmp_path: Path, start_runtime) -> None:
+    rt, config, log, _, v2 = two_versions(tmp_path, start_runtime, "0.5s")
 
     first_set = cli_json(rt, "state", "set", "a", "k", "1", "--request-id", "set-1")
     cli_json(rt, "state", "set", "a", "k", "2")  # another write in between
@@ -72,13 +78,7 @@ def test_state_set_send_and_deploy_apply_once_also_across_a_restart(
 
 def test_a_mutation_during_a_rollout_is_busy_or_waits_for_its_end(
         tmp_path: Path, start_runtime) -> None:
-    log = tmp_path / "versions.log"
-    v1 = write_version(tmp_path, "v1", log)
-    v2 = write_version(tmp_path, "v2", log)
-    config = write_config(tmp_path, f'[[agents]]\nname = "a"\nentry = "{v1}:run"\n',
-                          '[rollouts]\ngate = "3s"\n')
-    rt = start_runtime(config)
-    rt.wait_running("a")
+    rt, _, _, v1, v2 = two_versions(tmp_path, start_runtime, "3s")
     deployed = rt.cli("deploy", "a", str(v2), "--detach")
     assert deployed.returncode == 0, deployed.stderr
     wait_phase(rt, "a", {"gating"})

@@ -39,7 +39,8 @@ class ReleaseError(Exception):
     """A release cannot be added or used; str() says what and what to do."""
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -157,7 +158,7 @@ class ReleaseStore:
                 except ReleaseError:
                     self._remove(final)  # damaged: the fresh copy replaces it
             os.rename(staging, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             return digest, final, True
         finally:
             if staging.exists():
@@ -185,7 +186,7 @@ class ReleaseStore:
             os.chmod(target, 0o500 if st.st_mode & stat.S_IXUSR else 0o400)
             manifest.update(_line(rel, st, h.hexdigest()))
         for folder in reversed(folders):  # deepest first: a read-only folder takes no entry
-            _fsync_dir(folder)
+            fsync_dir(folder)
             os.chmod(folder, 0o500)  # read-only, the runtime's user only
         return manifest.hexdigest()
 
@@ -195,7 +196,7 @@ class ReleaseStore:
         if not path.exists():
             return False
         self._remove(path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return True
 
     def clean_staging(self) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 from runtime.maintain.archive import archives, write_archive
+from runtime.releases.store import fsync_dir
 from runtime.store import KeyValueState, Store, StoreError, codec
 
 MARK_SUFFIX = ".mark"
@@ -43,14 +44,6 @@ def mark_path(directory: Path, agent: str, rollout: int, instance: str) -> Path:
     return directory / f"{mark_prefix(agent, rollout)}{instance}{MARK_SUFFIX}"
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_marks(marks: list[tuple[Path, int, dict[str, Any]]]) -> None:
     """Durably write snapshots (path, seq, state), all in one folder (blocking: a thread)."""
     folders = set()
@@ -58,7 +51,7 @@ def write_marks(marks: list[tuple[Path, int, dict[str, Any]]]) -> None:
         blob = codec.encode_checkpoint(seq, codec.pack(state, codec.MAX_CHECKPOINT_BYTES))
         if path.parent not in folders and not path.parent.is_dir():
             path.parent.mkdir(parents=True)
-            _fsync_dir(path.parent.parent)
+            fsync_dir(path.parent.parent)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(blob)
@@ -67,7 +60,7 @@ def write_marks(marks: list[tuple[Path, int, dict[str, Any]]]) -> None:
         os.replace(tmp, path)
         folders.add(path.parent)
     for folder in folders:
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def read_mark(path: Path) -> tuple[int, dict[str, Any]]:
