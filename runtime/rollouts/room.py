@@ -365,7 +365,8 @@ class Rollouts:
             await self._place(rec)
             for name in ro.switched:
                 try:
-                    await self._call(agent, "agent.start", agent=name)
+                    # restart, not start: a fresh error budget for the old version
+                    await self._call(agent, "agent.restart", agent=name)
                 except MethodError as exc:
                     log.error("rollback of %s: %s did not start again: %s", agent, name, exc)
             return await self._save(machine.rolled_back(rec, time.time())), None, False
@@ -412,7 +413,8 @@ class Rollouts:
             raise MethodError("failed", self._aborts[agent])
         for name in moving:
             await self._call(agent, "agent.release", agent=name, release=override)
-            await self._call(agent, "agent.start", agent=name)
+            # A fresh start (error budget, backoff, `failed` cleared): new code, new count.
+            await self._call(agent, "agent.restart", agent=name)
         return rec
 
     async def _gate(self, rec: AgentRecord, gate: Gate) -> str | None:
@@ -554,8 +556,11 @@ def _what_runs(spec: AgentSpec, source: Path, folder: Path, entry: str | None) \
     """(entry, program) of a release of `spec`'s agent copied from `source` into `folder`,
     checked to exist there. ReleaseError says what to pass instead."""
     if spec.kind == "exec":
-        program = entry or (source.name if source.is_file()
-                            else Path(spec.command[0]).name)
+        # A folder: the first file of the command (the program, or a script it runs)
+        # that the release holds.
+        program = entry or (source.name if source.is_file() else next(
+            (Path(a).name for a in spec.command if (folder / Path(a).name).is_file()),
+            Path(spec.command[0]).name))
         if not (folder / program).is_file():
             raise ReleaseError(f"the release has no program {program!r}; pass --entry with "
                                "its path inside the release")
