@@ -184,8 +184,8 @@ class Mutations:
         """Run `handler(args)` for `method` once per request id, holding what it mutates."""
         given = args.get("request_id")
         rid = given or new_request_id()
-        agent = args.get(mutates) if isinstance(mutates, str) and mutates != EVERY_AGENT \
-            else None
+        held = isinstance(mutates, str) and mutates != EVERY_AGENT
+        agent = args.get(mutates) if held else args.get("agent")  # for the audit event
         started = time.monotonic()
         outcome, replayed = "ok", False
         try:
@@ -250,8 +250,9 @@ class Mutations:
             answer = await handler(args)
         else:
             keys = EVERY_AGENT if mutates == EVERY_AGENT else \
-                frozenset(self._scope_of(agent)) if agent is not None else frozenset()
-            async with self.locks.hold(keys, f"{method} (request {rid})", args.get("wait", False)):
+                frozenset(self._scope_of(agent)) if isinstance(agent, str) else frozenset()
+            async with self.locks.hold(keys, f"{method} (request {rid})",
+                                       args.get("wait", False)):
                 answer = await handler(args)
         return answer
 
