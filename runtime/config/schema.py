@@ -270,6 +270,9 @@ class Config:
     groups: tuple[GroupSpec, ...] = ()
     supervisor: SupervisorSection = field(default_factory=SupervisorSection)
     maintain: MaintainSection = field(default_factory=MaintainSection)
+    # [[rules]], [[jobs]], [scheduler], [actions]: a runtime.config.autonomy.Autonomy (typed
+    # there: that module builds on this one). The loader always sets it; None = none given.
+    autonomy: Any = None
 
     @property
     def socket_path(self) -> Path:

@@ -396,6 +396,41 @@ class Store:
 
         return await self._submit(apply, on_durable)
 
+    async def append_indexed(self, stream: str, records: list[Any],
+                             index: Callable[[int, Any], Iterable[tuple[str, Any]]]) \
+            -> list[int]:
+        """Append `records` to `stream` and, in the SAME transaction, what `index(seq,
+        record)` yields for each: (other stream, record) pairs, e.g. secondary indexes
+        that name the seq. All or none, so an index never disagrees with its stream,
+        even after a crash. Returns the seqs of `records` once durable.
+
+        `index` runs in the writer thread while the transaction is open: keep it a
+        quick pure function of its arguments.
+        """
+        prefix = _stream_key(stream)
+        limit = self.options.max_record_bytes
+        datas = codec.pack_many(records, limit)
+        if not datas:
+            return []
+        pack_seq = _SEQ.pack
+
+        def apply(tx: Txn) -> list[int]:
+            first = tx.take_seqs(prefix, len(datas))
+            put = tx.txn.put
+            for seq, data, record in zip(itertools.count(first), datas, records,
+                                         strict=False):
+                if not put(prefix + pack_seq(seq), data, db=self._wal, overwrite=False):
+                    raise _seq_taken(stream, seq)
+                for other, entry in index(seq, record):
+                    key = _stream_key(other)
+                    at = tx.next_seq(key)
+                    if not put(key + pack_seq(at), codec.pack(entry, limit), db=self._wal,
+                               overwrite=False):
+                        raise _seq_taken(other, at)
+            return list(range(first, first + len(datas)))
+
+        return await self._submit(apply)
+
     async def write_checkpoint(self, stream: str, covered_seq: int, payload: bytes,
                                keep_tail: int = 0) -> None:
         """Store a checkpoint covering `stream` up to `covered_seq` and, in the same
