@@ -1,0 +1,96 @@
+"""What the rules and jobs tests share: configs from TOML text, and the control methods
+as a plain table of async handlers (the `Methods` port without the control server)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from runtime.config import Config, load_config
+from runtime.events import EventLog
+from runtime.store import Store, open_store
+
+
+def config_from(tmp_path: Path, text: str, agents: tuple[str, ...] = ("a", "b")) -> Config:
+    """A validated config: `text` (rules, jobs...) after [[agents]] named `agents`."""
+    path = tmp_path / "outpost.toml"
+    blocks = "".join(f'[[agents]]\nname = "{n}"\nentry = "x.py:run"\n\n' for n in agents)
+    path.write_text('[runtime]\ndata_dir = "data"\nrun_dir = "run"\n\n' + blocks + text)
+    return load_config(path)
+
+
+class MethodError(Exception):
+    """What a handler raises to refuse (like runtime.control's: a code and a message)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class HandlerTable:
+    """MethodsPort over a dict of async handlers; records every call with its caller."""
+
+    def __init__(self, handlers: Mapping[str, Callable[[dict], Awaitable[Any]]] | None = None
+                 ) -> None:
+        self.handlers = dict(handlers or {})
+        self.calls: list[tuple[str, dict, Any]] = []
+        self.called = trio.Event()
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
+                   caller: Any = None) -> Any:
+        self.calls.append((method, dict(params or {}), caller))
+        self.called.set()
+        self.called = trio.Event()
+        handler = self.handlers.get(method)
+        if handler is None:
+            raise MethodError("unknown_method", f"no method {method!r}")
+        return await handler(dict(params or {}))
+
+    def of(self, method: str) -> list[dict]:
+        return [params for m, params, _ in self.calls if m == method]
+
+
+def caller(kind: str, name: str | None) -> tuple[str, str | None]:
+    return (kind, name)
+
+
+@contextlib.asynccontextmanager
+async def event_log(path: Path) -> AsyncIterator[tuple[Store, EventLog]]:
+    """A real store and event log, its writer task running."""
+    async with open_store(path) as store:
+        events = EventLog(store)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(events.run)
+            yield store, events
+            nursery.cancel_scope.cancel()
+
+
+async def wait_for_event(follower: trio.MemoryReceiveChannel, type_: str, count: int = 1,
+                         timeout: float | None = 60, **fields: Any) -> list[dict]:
+    """Receive from `follower` until `count` events of `type_` with `fields` arrived.
+
+    Pass timeout=None under an autojump clock: it would jump to the deadline while the
+    store's writer thread works.
+    """
+    found: list[dict] = []
+    with trio.fail_after(timeout if timeout is not None else float("inf")):
+        async for event in follower:
+            if event["type"] == type_ and all(event.get(k) == v for k, v in fields.items()):
+                found.append(event)
+                if len(found) == count:
+                    return found
+    raise AssertionError(f"the event stream ended before {count} {type_} event(s)")
+
+
+async def settle(events: EventLog, follower: trio.MemoryReceiveChannel) -> None:
+    """Return once every event emitted so far is durable, seen on `follower`, and every
+    other follower (the engine) has dealt with it, and what they emitted meanwhile is
+    durable too: a marker event, all tasks idle, a second marker."""
+    for _ in range(2):
+        events.emit("test-marker")
+        await wait_for_event(follower, "test-marker", timeout=None)
+        await trio.testing.wait_all_tasks_blocked()
