@@ -45,9 +45,9 @@ timeout = "0.5s"
 retries = 1
 backoff = "0.1s"
 """
-    async with engine_on(tmp_path, toml) as (engine, events, table, follower):
-        events.emit("health", "a", breach="memory")
-        failed = await wait_for_event(follower, "action_failed", 2)
+    async with engine_on(tmp_path, toml) as rig:
+        rig.events.emit("health", "a", breach="memory")
+        failed = await wait_for_event(rig.follower, "action_failed", 2)
     assert [f["attempt"] for f in failed] == [1, 2]
     assert all("timed out after 0.5s; its process group was killed" in f["error"]
                for f in failed)
@@ -78,11 +78,11 @@ on = "health"
 do = "exec fails"
 retries = 0
 """
-    async with engine_on(tmp_path, toml) as (engine, events, table, follower):
-        events.emit("health", "a", breach="memory; rm -rf /")  # data, never a shell string
+    async with engine_on(tmp_path, toml) as rig:
+        rig.events.emit("health", "a", breach="memory; rm -rf /")  # data, never a shell string
         outcomes: dict[str, dict] = {}
         with trio.fail_after(60):
-            async for event in follower:  # the two actions end in either order
+            async for event in rig.follower:  # the two actions end in either order
                 if event["type"] in ("action_ok", "action_failed"):
                     outcomes[event["type"]] = event
                     if len(outcomes) == 2:
@@ -117,26 +117,25 @@ async def test_a_metric_rule_fires_once_per_for_window_and_respects_its_cooldown
         queue = Gauge(segment, "a:queue")
         queue.set(500.0)
         async with engine_on(tmp_path, METRIC, {"agent.restart": ok},
-                             metrics=SegmentMetrics(segment)) as \
-                (engine, events, table, follower):
+                             metrics=SegmentMetrics(segment)) as rig:
             start = trio.current_time()
-            first = (await wait_for_event(follower, "metric", timeout=None))[0]
+            first = (await wait_for_event(rig.follower, "metric", timeout=None))[0]
             assert trio.current_time() - start >= 30
             assert first["agent"] == "a" and first["value"] == 500.0
             assert first["rule"] == "deep-queue" and first["above"] == 100
             await trio.sleep(max(0.0, 100 - (trio.current_time() - start)))
-            await settle(events, follower)
+            await settle(rig.events, rig.follower)
             # Metric events near 30, 60, 90 s: the first fires, the second is inside
             # the 45 s cooldown, the third fires.
-            assert len(events.query(type="metric")) == 3
-            fired = events.query(type="rule_fired")
+            assert len(rig.events.query(type="metric")) == 3
+            fired = rig.events.query(type="rule_fired")
             assert len(fired) == 2
-            assert engine.state("deep-queue").suppressed == {"cooldown": 1}
-            assert [p["agent"] for p in table.of("agent.restart")] == ["a", "a"]
+            assert rig.engine.state("deep-queue").suppressed == {"cooldown": 1}
+            assert [p["agent"] for p in rig.table.of("agent.restart")] == ["a", "a"]
             queue.set(5.0)  # back under: the window resets, nothing more fires
             await trio.sleep(200)
-            await settle(events, follower)
-            assert len(events.query(type="metric")) == 3
+            await settle(rig.events, rig.follower)
+            assert len(rig.events.query(type="metric")) == 3
     finally:
         segment.close()
 
