@@ -236,7 +236,7 @@ class RuleEngine:
             if ports.jobs is None:
                 raise ActionError("this runtime has no scheduler to run jobs")
             assert action.target is not None
-            await ports.jobs.trigger(action.target, caller=caller)
+            await ports.jobs.trigger(action.target, by=f"rule:{rule.name}")
         elif verb == "exec":
             return await self._exec(rule, event)
         elif verb == "escalate":

@@ -38,8 +38,9 @@ class EventsPort(Protocol):
 class JobsPort(Protocol):
     """The scheduler (runtime.jobs.Scheduler), for `run JOB`."""
 
-    async def trigger(self, job: str, *, caller: Any) -> dict[str, Any]:
-        """Start a run of `job` now, honouring its concurrency; raise if refused."""
+    async def trigger(self, job: str, *, by: str) -> dict[str, Any]:
+        """Start a run of `job` now, honouring its concurrency (raise if refused); `by`
+        is recorded with the run, e.g. "rule:nightly-upload"."""
         ...
 
 

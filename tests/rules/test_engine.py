@@ -239,8 +239,8 @@ class Jobs:
     def __init__(self) -> None:
         self.triggered: list[tuple[str, Any]] = []
 
-    async def trigger(self, job: str, *, caller: Any) -> dict:
-        self.triggered.append((job, caller))
+    async def trigger(self, job: str, *, by: str) -> dict:
+        self.triggered.append((job, by))
         return {"job": job, "run": 1}
 
 
@@ -259,7 +259,7 @@ async def test_send_run_maintain_and_escalate_go_through_their_ports(tmp_path: P
         rig.events.emit("gave_up", "a")
         await wait_for_event(rig.follower, "action_ok", rule="shout")
     assert rig.table.of("send") == [{"agent": "a", "message": {"cmd": "flush", "n": 1}}]
-    assert jobs.triggered == [("nightly", ("rule", "upload"))]
+    assert jobs.triggered == [("nightly", "rule:upload")]
     assert failed[0]["error"] == "maintain prune: disk full"
     escalated = rig.table.of("runtime.escalate")[0]
     assert escalated["exit_code"] == 71 and escalated["severity"] == "critical"
