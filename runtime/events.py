@@ -327,10 +327,20 @@ def _from_index(store: Store, index: str, frm: int, upto: int, lo_ts: float, hi_
 
     def entry_ts(entry: list) -> float:
         return entry[1]
-    hi = min(_bisect(store, index, first, last, event_seq, upto, after=True),
-             _bisect(store, index, first, last, entry_ts, hi_ts, after=True)) - 1
-    lo = max(_bisect(store, index, first, last, event_seq, frm),
-             _bisect(store, index, first, last, entry_ts, lo_ts))
+    # Bounds by binary search, skipped where the ends already qualify (the usual
+    # "newest N of this agent": no window, everything indexed).
+    head, tail = store.read(index, first, limit=1), store.read(index, last, limit=1)
+    if not head or not tail:
+        return []
+    hi, lo = last, first
+    if tail[0][1][0] > upto:
+        hi = _bisect(store, index, first, last, event_seq, upto, after=True) - 1
+    if tail[0][1][1] > hi_ts:
+        hi = min(hi, _bisect(store, index, first, last, entry_ts, hi_ts, after=True) - 1)
+    if head[0][1][0] < frm:
+        lo = _bisect(store, index, first, last, event_seq, frm)
+    if head[0][1][1] < lo_ts:
+        lo = max(lo, _bisect(store, index, first, last, entry_ts, lo_ts))
     out: list[dict[str, Any]] = []
     while hi >= lo and len(out) < limit:
         start = max(lo, hi - _INDEX_PAGE + 1)

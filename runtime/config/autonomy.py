@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fnmatch
+import functools
 import os
 import re
 import shlex
@@ -370,7 +371,12 @@ NO_AUTONOMY = Autonomy()
 
 def host_timezone() -> dt.tzinfo:
     """The host's zone with its DST rules: $TZ, else /etc/localtime, else UTC."""
-    name = os.environ.get("TZ", "").lstrip(":")
+    return _host_timezone(os.environ.get("TZ", ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _host_timezone(tz_env: str) -> dt.tzinfo:
+    name = tz_env.lstrip(":")
     if name:
         try:
             return zoneinfo.ZoneInfo(name)

@@ -25,7 +25,7 @@ class Schedule:
     def __init__(self, job: JobSpec, tz: dt.tzinfo | None = None) -> None:
         self.expression = job.schedule
         self.every = job.every
-        self.tz = tz if tz is not None else job_timezone(job)
+        self.tz = tz if tz is not None or self.every is not None else job_timezone(job)
         self.text = job.schedule_text
         self._cursor: tuple[float, CronSim] | None = None  # (last due given, its iterator)
 

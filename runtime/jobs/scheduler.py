@@ -17,14 +17,13 @@ job_skipped (due, reason: overlap|missed, missed), job_interrupted (run).
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,9 @@ from runtime.supervisor.procs import RotatingLog
 log = logging.getLogger("outpost.jobs")
 
 MAX_SLEEP = 30.0  # re-read the wall clock at least this often (it may be stepped)
+# Runs are launched this long before their due and wait in their own task, so starting
+# a thousand runs due at once costs each only its wake-up at the due time itself.
+LEAD = 0.25
 MakeContext = Callable[[str], Awaitable[Any]]
 Emit = Callable[..., None]
 
@@ -69,6 +71,7 @@ class Run:
     offset: float  # its jitter: meant to start at due + offset
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
+    wake: trio.Event | None = None  # launched ahead: set at its due time
     started: float | None = None
     replaced: bool = False
     end: dict[str, Any] | None = None
@@ -83,18 +86,20 @@ class JobState:
     next_due: float = math.inf
     last_due: float | None = None
     last_run: int = 0
-    runs: dict[int, Run] = field(default_factory=dict)
+    runs: dict[int, Run] = field(default_factory=dict)  # admitted: running or about to
+    waiting: dict[int, Run] = field(default_factory=dict)  # launched ahead of their due
     last_end: dict[str, Any] | None = None
     started: int = 0
     skipped: int = 0
     missed: int = 0
     lateness_last: float | None = None
     lateness_max: float = 0.0
+    main: Any = None  # an entry job's function, loaded at its first run
 
 
 class PriorityGate:
     """At most `limit` holders; when full, the waiter with the highest priority goes
-    first (then the earliest)."""
+    first (then the earliest). `async with gate.slot(priority): ...`"""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -102,26 +107,24 @@ class PriorityGate:
         self._waiting: list[list[Any]] = []  # [-priority, order, event, state]
         self._order = itertools.count()
 
-    @contextlib.asynccontextmanager
-    async def slot(self, priority: int) -> AsyncIterator[None]:
+    def slot(self, priority: int) -> _Slot:
+        return _Slot(self, priority)
+
+    async def _acquire(self, priority: int) -> None:
         while self._waiting and self._waiting[0][3] != "waiting":
             heapq.heappop(self._waiting)  # cancelled waiters
         if self.active < self.limit and not self._waiting:
             self.active += 1
-        else:
-            entry = [-priority, next(self._order), trio.Event(), "waiting"]
-            heapq.heappush(self._waiting, entry)
-            try:
-                await entry[2].wait()
-            except BaseException:
-                if entry[3] == "granted":  # handed over as we were cancelled: pass it on
-                    self._release()
-                entry[3] = "gone"
-                raise
+            return
+        entry = [-priority, next(self._order), trio.Event(), "waiting"]
+        heapq.heappush(self._waiting, entry)
         try:
-            yield
-        finally:
-            self._release()
+            await entry[2].wait()
+        except BaseException:
+            if entry[3] == "granted":  # handed over as we were cancelled: pass it on
+                self._release()
+            entry[3] = "gone"
+            raise
 
     def _release(self) -> None:
         while self._waiting:
@@ -137,6 +140,19 @@ class PriorityGate:
         while self.active < self.limit and self._waiting:
             self.active += 1
             self._release()
+
+
+class _Slot:
+    __slots__ = ("gate", "priority")
+
+    def __init__(self, gate: PriorityGate, priority: int) -> None:
+        self.gate, self.priority = gate, priority
+
+    async def __aenter__(self) -> None:
+        await self.gate._acquire(self.priority)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.gate._release()
 
 
 class Scheduler:
@@ -162,6 +178,10 @@ class Scheduler:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._jobs: dict[str, JobState] = {}
         self._heap: list[tuple[float, int, str]] = []
+        # Runs launched ahead wait on one event per due time: waking a thousand of them
+        # is a thousand reschedules, not a thousand expiring timeouts.
+        self._wakeups: dict[float, trio.Event] = {}
+        self._wakeup_times: list[float] = []
         self._order = itertools.count()
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -179,12 +199,16 @@ class Scheduler:
             task_status.started()
             while True:
                 now = self._wall()
-                while self._heap and self._heap[0][0] <= now:
+                while self._wakeup_times and self._wakeup_times[0] <= now:
+                    self._wakeups.pop(heapq.heappop(self._wakeup_times)).set()
+                while self._heap and self._heap[0][0] <= now + LEAD:
                     due, _, name = heapq.heappop(self._heap)
                     job = self._jobs.get(name)
                     if job is not None and job.next_due == due:
                         self._on_due(job, now)
-                wait = self._heap[0][0] - now if self._heap else math.inf
+                now = self._wall()
+                wait = min(self._heap[0][0] - LEAD if self._heap else math.inf,
+                           self._wakeup_times[0] if self._wakeup_times else math.inf) - now
                 with trio.move_on_after(min(wait, MAX_SLEEP)):
                     await self._changed.wait()
                     self._changed = trio.Event()
@@ -232,23 +256,37 @@ class Scheduler:
             log.error("job %s: could not record a skipped run: %s", name, exc)
 
     def _launch(self, job: JobState, due: float, by: str) -> Run | None:
-        """Start a run now, honouring concurrency; None if it was skipped (forbid)."""
-        if job.runs:
-            if job.spec.concurrency == "forbid":
-                self._skip(job, due, "overlap")
-                return None
-            if job.spec.concurrency == "replace":
-                for old in job.runs.values():
-                    old.replaced = True
-                    old.scope.cancel()
+        """A run for `due`: admitted now if it is due (None if forbid skips it), else
+        started ahead, to be admitted by its own task at the due time."""
         job.last_run += 1
         job.last_due = max(job.last_due or due, due)
         offset = self._rng.uniform(0, job.spec.jitter) if job.spec.jitter else 0.0
         run = Run(job.last_run, due, by, offset)
-        job.runs[run.number] = run
+        if due > self._wall():
+            job.waiting[run.number] = run
+            run.wake = self._wakeups.get(due)
+            if run.wake is None:
+                run.wake = self._wakeups[due] = trio.Event()
+                heapq.heappush(self._wakeup_times, due)
+        elif not self._admit(job, run):
+            return None
         assert self._nursery is not None
         self._nursery.start_soon(self._run, job, run)
         return run
+
+    def _admit(self, job: JobState, run: Run) -> bool:
+        """Apply the job's concurrency as the run falls due; False if it is skipped."""
+        job.waiting.pop(run.number, None)
+        if job.runs:
+            if job.spec.concurrency == "forbid":
+                self._skip(job, run.due, "overlap")
+                return False
+            if job.spec.concurrency == "replace":
+                for old in job.runs.values():
+                    old.replaced = True
+                    old.scope.cancel()
+        job.runs[run.number] = run
+        return True
 
     # -- one run ----------------------------------------------------------------------------
 
@@ -257,10 +295,17 @@ class Scheduler:
         result, error, attempts = "cancelled", None, 0
         try:
             with run.scope:
+                if run.wake is not None:  # launched ahead: wait for the due, then admit
+                    await run.wake.wait()
+                    if not self._admit(job, run):
+                        return
                 if run.offset:
                     await trio.sleep(run.offset)
                 async with self._gate.slot(spec.priority):
                     run.started = self._wall()
+                    # Runs falling due together each take their start time before any of
+                    # them spends time writing its start record.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                     late = run.started - run.due - run.offset
                     job.started += 1
                     job.lateness_last = late
@@ -305,11 +350,12 @@ class Scheduler:
     async def _execute(self, job: JobState, run: Run) -> None:
         spec = job.spec
         if spec.entry is not None:
-            try:
-                main = load_entry(spec.entry)
-            except EntryError as exc:
-                raise JobFailed(str(exc)) from None
-            await main(await self._make_context(spec.name))
+            if job.main is None:  # loaded once per config (re)load, like an import
+                try:
+                    job.main = load_entry(spec.entry)
+                except EntryError as exc:
+                    raise JobFailed(str(exc)) from None
+            await job.main(await self._make_context(spec.name))
         elif spec.command:
             path = self._logs_dir / "jobs" / f"{spec.name}.log"
             out = RotatingLog(path, spec.log_max_bytes, spec.log_keep)
@@ -338,6 +384,7 @@ class Scheduler:
                       attempts: int) -> None:
         spec = job.spec
         job.runs.pop(run.number, None)
+        job.waiting.pop(run.number, None)
         try:
             if run.started is None:
                 return  # cancelled before it began (waiting for its jitter or a slot)
@@ -404,7 +451,8 @@ class Scheduler:
         wanted = {spec.name: spec for spec in autonomy.jobs}
         for name in list(self._jobs):
             if name not in wanted:
-                for run in self._jobs.pop(name).runs.values():
+                gone = self._jobs.pop(name)
+                for run in [*gone.runs.values(), *gone.waiting.values()]:
                     run.scope.cancel()
                 changes["removed"].append(name)
         for name, spec in wanted.items():
@@ -414,7 +462,9 @@ class Scheduler:
             changes["changed" if job is not None else "added"].append(name)
             if job is None:
                 job = self._jobs[name] = JobState(spec, Schedule(spec))
-            job.spec, job.schedule = spec, Schedule(spec)
+            for run in job.waiting.values():  # launched for the old schedule
+                run.scope.cancel()
+            job.spec, job.schedule, job.main = spec, Schedule(spec), None
             self._plan(job, job.schedule.next_after(max(now, job.last_due or now)))
         self._specs = autonomy.jobs
         self._gate.resize(autonomy.scheduler.max_concurrent)

@@ -11,32 +11,59 @@ for `outpost rules test`.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.config.autonomy import METRIC_EVENT, Condition, RuleSpec, matching_names
 
+Check = Callable[[dict[str, Any]], bool]
+_MISSING = object()
+
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """A rule with every condition it puts on an event, in checking order."""
+    """A rule with every condition it puts on an event, as one predicate (`check`; None:
+    no conditions)."""
 
     spec: RuleSpec
     conditions: tuple[Condition, ...]
+    check: Check | None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def holds(self, event: dict[str, Any]) -> bool:
-        return all(c.holds(event) for c in self.conditions)
+        return self.check is None or self.check(event)
+
+
+def _predicate(condition: Condition) -> Check:
+    # Equality is most conditions: a closure instead of the general Condition.holds.
+    name, want = condition.field, condition.value
+    if condition.op == "eq" and isinstance(want, bool):
+        return lambda event: event.get(name, _MISSING) is want
+    if condition.op == "eq":
+        def equal(event: dict[str, Any]) -> bool:
+            got = event.get(name, _MISSING)
+            return got == want and type(got) is not bool
+        return equal
+    return condition.holds
 
 
 def compile_rule(rule: RuleSpec) -> CompiledRule:
     """A metric rule only matches the `metric` events its own watch emits."""
     implicit = (Condition("rule", "eq", rule.name),) if rule.is_metric else ()
-    return CompiledRule(rule, implicit + rule.where)
+    conditions = implicit + rule.where
+    checks = [_predicate(c) for c in conditions]
+    if not checks:
+        return CompiledRule(rule, conditions, None)
+    if len(checks) == 1:
+        return CompiledRule(rule, conditions, checks[0])
+
+    def every(event: dict[str, Any]) -> bool:
+        return all(check(event) for check in checks)
+    return CompiledRule(rule, conditions, every)
 
 
 def rule_agents(rule: RuleSpec) -> str | None:
@@ -78,10 +105,10 @@ class RuleIndex:
         """The rules `event` matches, in config order."""
         found = self._exact.get((event.get("type"), event.get("agent")))
         if found is None:
-            found = self._any.get(event.get("type"), ())  # type: ignore[arg-type]
+            found = self._any.get(event.get("type"))  # type: ignore[arg-type]
             if not found:
                 return []
-        return [r for r in found if r.holds(event)]
+        return [r for r in found if r.check is None or r.check(event)]
 
     def metric_rules(self) -> list[RuleSpec]:
         return [r.spec for r in self.rules if r.spec.is_metric]

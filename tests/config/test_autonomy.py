@@ -210,3 +210,13 @@ def test_the_maintenance_tasks_rules_may_name_are_the_online_ones() -> None:
     from runtime.maintain.tasks import OFFLINE_ONLY, TAKES_ARG, TASKS
 
     assert set(MAINTAIN_TASKS) == set(TASKS) - OFFLINE_ONLY - TAKES_ARG
+
+
+def test_the_example_config_loads() -> None:
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "examples" / "autonomy.toml")
+    (rule,) = config.autonomy.rules
+    (job,) = config.autonomy.jobs
+    assert rule.name == "crash-loop" and rule.do == Action("degrade")
+    assert job.maintain == ("checkpoint", "prune") and job.missed == "run_once"
+    assert Path(config.agents[0].entry.rpartition(":")[0]).is_file()
