@@ -11,7 +11,7 @@ import argparse
 import time
 from typing import Any
 
-from runtime.cli.rules import ClientParser, _cli, client_parser
+from runtime.cli.rules import ClientParser, _cli, client_parser, when
 
 
 def add_parsers(sub: argparse._SubParsersAction, client: ClientParser | None = None) -> None:
@@ -32,14 +32,6 @@ def add_parsers(sub: argparse._SubParsersAction, client: ClientParser | None = N
     history.set_defaults(func=cmd_jobs_history)
 
 
-def _when(ts: float | None, now: float) -> str:
-    from runtime.cli.format import duration
-
-    if ts is None:
-        return "-"
-    return f"in {duration(ts - now)}" if ts >= now else f"{duration(now - ts)} ago"
-
-
 def jobs_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
     """The human form of the `jobs` method's answer."""
     from runtime.cli.format import table
@@ -50,8 +42,8 @@ def jobs_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
         last = j.get("last") or {}
         result = last.get("result", "-")
         if last.get("ended") is not None:
-            result += f" ({_when(last['ended'], now)})"
-        out.append([j["name"], j["kind"], j["schedule"], _when(j.get("next_due"), now),
+            result += f" ({when(last['ended'], now)})"
+        out.append([j["name"], j["kind"], j["schedule"], when(j.get("next_due"), now),
                     result, ",".join(map(str, j["running"])) or "-", j["runs"],
                     "-" if j.get("lateness_last_s") is None
                     else f"{j['lateness_last_s'] * 1000:.1f}ms"])
@@ -64,7 +56,7 @@ def history_table(runs: list[dict[str, Any]], now: float | None = None) -> str:
     now = time.time() if now is None else now
     return table(["RUN", "BY", "STARTED", "LATE", "TOOK", "RESULT", "ERROR"], [
         [r.get("run") or "-", r.get("by") or r.get("reason") or "-",
-         _when(r.get("started") or r.get("due"), now),
+         when(r.get("started") or r.get("due"), now),
          "-" if r.get("lateness_s") is None else f"{r['lateness_s'] * 1000:.1f}ms",
          duration(r.get("seconds")), r.get("result"),
          (r.get("error") or "")[:80] or (f"missed {r['missed']}" if r.get("missed") else "")]

@@ -53,10 +53,13 @@ def add_parsers(sub: argparse._SubParsersAction, client: ClientParser | None = N
     resume.set_defaults(func=cmd_rules_resume)
 
 
-def _ago(ts: float | None, now: float) -> str:
+def when(ts: float | None, now: float) -> str:
+    """'in 3m12s' or '45s ago' ('-' for None)."""
     from runtime.cli.format import duration
 
-    return "-" if ts is None else duration(max(0.0, now - ts)) + " ago"
+    if ts is None:
+        return "-"
+    return f"in {duration(ts - now)}" if ts > now else f"{duration(now - ts)} ago"
 
 
 def rules_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
@@ -71,7 +74,7 @@ def rules_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
         if last.get("error"):
             outcome += f": {last['error']}"
         out.append([r["name"], ",".join(r["on"]), r.get("metric") or r.get("agent") or "*",
-                    r["do"], r["firings"], _ago(r.get("last_fired"), now), outcome,
+                    r["do"], r["firings"], when(r.get("last_fired"), now), outcome,
                     "SUSPENDED: " + r["suspended"] if r.get("suspended") else "no"])
     return table(["RULE", "ON", "AGENT", "DO", "FIRINGS", "LAST FIRED", "LAST OUTCOME",
                   "SUSPENDED"], out)
