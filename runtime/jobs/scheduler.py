@@ -223,7 +223,7 @@ class Scheduler:
         following = job.schedule.next_after(due)
         if following > now:
             self._plan(job, following)
-            self._launch(job, due, "schedule")
+            self._launch(job, due, "schedule", ahead=True)
             return
         # More than a whole period late: every due up to now was missed.
         latest = job.schedule.last_at_or_before(now)
@@ -255,14 +255,14 @@ class Scheduler:
         except StoreError as exc:
             log.error("job %s: could not record a skipped run: %s", name, exc)
 
-    def _launch(self, job: JobState, due: float, by: str) -> Run | None:
-        """A run for `due`: admitted now if it is due (None if forbid skips it), else
-        started ahead, to be admitted by its own task at the due time."""
+    def _launch(self, job: JobState, due: float, by: str, ahead: bool = False) -> Run | None:
+        """A run for `due`, admitted now (None if forbid skips it); or, `ahead` of a due
+        still to come, started early, to be admitted by its own task at the due time."""
         job.last_run += 1
         job.last_due = max(job.last_due or due, due)
         offset = self._rng.uniform(0, job.spec.jitter) if job.spec.jitter else 0.0
         run = Run(job.last_run, due, by, offset)
-        if due > self._wall():
+        if ahead and due > self._wall():
             job.waiting[run.number] = run
             run.wake = self._wakeups.get(due)
             if run.wake is None:

@@ -9,15 +9,7 @@ from pathlib import Path
 import trio
 
 from runtime.jobs.command import command_env, run_command
-
-
-def _dead(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its (dead) parent counts
-        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+from tests.rules.helpers import dies
 
 
 async def test_exit_code_and_output_tail() -> None:
@@ -49,7 +41,7 @@ async def test_the_whole_group_is_killed_at_the_timeout_even_if_it_ignores_sigte
     assert result.describe() == "timed out after 0.5s; its process group was killed"
     assert trio.current_time() - started < 10
     shell, child = map(int, pids.read_text().split())
-    assert _dead(shell) and _dead(child)
+    assert await dies(shell) and await dies(child)
 
 
 async def test_what_outlives_its_leader_is_killed_and_does_not_hold_the_pipe(
@@ -60,7 +52,7 @@ async def test_what_outlives_its_leader_is_killed_and_does_not_hold_the_pipe(
                                timeout=60)
     assert result.ok and result.output == b"bye\n"
     assert result.seconds < 30
-    assert _dead(int(pids.read_text()))
+    assert await dies(int(pids.read_text()))
 
 
 async def test_a_daemon_that_leaves_the_group_cannot_keep_the_run_going(

@@ -9,7 +9,8 @@ import itertools
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,7 +62,7 @@ async def _context(name: str) -> SimpleNamespace:
 
 
 @contextlib.asynccontextmanager
-async def scheduler_on(tmp_path: Path, toml: str, wall: Wall,
+async def scheduler_on(tmp_path: Path, toml: str, wall: Callable[[], float],
                        handlers: dict | None = None) -> AsyncIterator[Rig]:
     config = config_from(tmp_path, toml)
     options = StoreOptions(durability="interval")  # commits without waiting for fsync
@@ -330,13 +331,13 @@ async def test_the_priority_gate_survives_cancelled_waiters() -> None:
 
 
 KILLED = textwrap.dedent("""
-    import sys, trio
+    import sys, time, trio
     from pathlib import Path
     from tests.jobs.test_scheduler import scheduler_on, Wall
 
     async def main():
         tmp = Path(sys.argv[1])
-        async with scheduler_on(tmp, (tmp / "jobs.toml").read_text(), Wall(0.0)) as rig:
+        async with scheduler_on(tmp, (tmp / "jobs.toml").read_text(), time.time) as rig:
             await rig.scheduler.trigger("j", by="manual")
             await trio.sleep_forever()
     trio.run(main)
@@ -359,7 +360,7 @@ async def test_a_run_killed_with_minus_9_is_interrupted_and_follows_missed(
     finally:
         proc.kill()
         proc.wait()
-    async with scheduler_on(tmp_path, toml, Wall(0.0)) as rig:
+    async with scheduler_on(tmp_path, toml, time.time) as rig:  # one wall clock for both
         interrupted = (await wait_for_event(rig.follower, "job_interrupted"))[0]
         catch_up = (await wait_for_event(rig.follower, "job_started"))[0]
         await wait_for_event(rig.follower, "job_ok")

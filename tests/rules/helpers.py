@@ -4,6 +4,7 @@ as a plain table of async handlers (the `Methods` port without the control serve
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,20 @@ async def settle(events: EventLog, follower: trio.MemoryReceiveChannel) -> None:
         events.emit("test-marker")
         await wait_for_event(follower, "test-marker", timeout=None)
         await trio.testing.wait_all_tasks_blocked()
+
+
+def _dead_now(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:  # a zombie waiting to be reaped counts
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return True
+
+
+async def dies(pid: int) -> bool:
+    """Whether `pid` dies within 10 s (a SIGKILL is delivered, not awaited, by kill())."""
+    with trio.move_on_after(10):
+        while not _dead_now(pid):
+            await trio.sleep(0.01)
+    return _dead_now(pid)

@@ -4,25 +4,14 @@ metric thresholds read from a real shared-memory segment."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import trio
 
 from runtime.rules.metrics import SegmentMetrics
 from shm import Counter, Gauge, Segment
-from tests.rules.helpers import settle, wait_for_event
+from tests.rules.helpers import dies, settle, wait_for_event
 from tests.rules.test_engine import engine_on, ok
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie is gone for our purpose (its group was killed; the reaper is its parent).
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 async def test_an_exec_that_hangs_is_killed_at_its_timeout_and_retried(
@@ -54,7 +43,7 @@ backoff = "0.1s"
     started = [line.split() for line in pids.read_text().splitlines()]
     assert len(started) == 2  # it was retried
     for shell, child in started:
-        assert _gone(int(shell)) and _gone(int(child))
+        assert await dies(int(shell)) and await dies(int(child))
 
 
 async def test_an_exec_gets_the_event_in_its_environment_and_reports_its_output(
