@@ -32,6 +32,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType
+from nats.js.errors import BadRequestError, NotFoundError
+
 from runtime.uplink import commands as cmds
 from runtime.uplink import subjects as subj
 from runtime.uplink.connect import connect, section_options
@@ -89,6 +93,7 @@ class Link:
         self.duplicates = 0  # publishes JetStream reported as already stored
         self.commands = 0
         self.commands_refused = 0
+        self.commands_ready = False  # this connection's command consumer is listening
         self.in_flight = 0
 
     # -- lifecycle (from any thread but the link's) ---------------------------------
@@ -162,7 +167,7 @@ class Link:
                 except Exception as exc:
                     self._note_error("session", exc)
                 finally:
-                    self.connected, self.in_flight = False, 0
+                    self.connected, self.in_flight, self.commands_ready = False, 0, False
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(nc.close(), 2.0)
                 if time.monotonic() - started >= _STABLE_S:
@@ -196,9 +201,6 @@ class Link:
                 raise task.exception()  # type: ignore[misc]
 
     async def _ensure_streams(self, js: Any) -> None:
-        from nats.js.api import RetentionPolicy, StorageType
-        from nats.js.errors import BadRequestError, NotFoundError
-
         cfg = self.cfg
         wanted = [
             (cfg.stream, subj.up_filter(cfg.prefix), RetentionPolicy.LIMITS),
@@ -235,8 +237,6 @@ class Link:
     async def _publish(self, js: Any) -> None:
         """Send the outbox in seq order with up to `window` acks in flight; report the
         acknowledged prefix. Ends (raising) on a refused publish or an ack timeout."""
-        import nats.errors
-
         outbox, store, cfg = self.outbox, self.outbox.store, self.cfg
         host, prefix = self.host, cfg.prefix
         assert self._wake is not None
@@ -327,9 +327,6 @@ class Link:
     # -- commands --------------------------------------------------------------------
 
     async def _commands(self, nc: Any, js: Any) -> None:
-        import nats.errors
-        from nats.js.api import AckPolicy, ConsumerConfig
-
         cfg = self.cfg
         subject = subj.cmd_subject(cfg.prefix, self.host)
         durable = subj.cmd_consumer(self.host)
@@ -338,6 +335,7 @@ class Link:
                                 max_deliver=cfg.commands.max_deliver, filter_subject=subject)
         psub = await js.pull_subscribe(subject, durable=durable,
                                        stream=subj.cmd_stream(cfg.stream), config=config)
+        self.commands_ready = True
         while True:
             try:
                 msgs = await psub.fetch(8, timeout=5)
@@ -392,8 +390,6 @@ class Link:
     # -- the host's snapshot ---------------------------------------------------------
 
     async def _snapshots(self, js: Any) -> None:
-        from nats.js.errors import BadRequestError
-
         bucket = subj.hosts_bucket(self.cfg.stream)
         try:
             kv = await js.key_value(bucket)

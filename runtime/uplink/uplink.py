@@ -119,11 +119,17 @@ class Uplink:
                 if self._metrics is not None:
                     nursery.start_soon(self._refresh_metrics)
                 task_status.started(self)
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # While the nursery still takes the link's calls (they end at once,
+                    # cancelled), so the thread is never left waiting on trio.
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self.link.stop)
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.link.stop)
             self._nursery = None
+            with trio.CancelScope(shield=True):  # if we failed before the nursery's end
+                await trio.to_thread.run_sync(self.link.stop)
 
     def _to_trio(self, fn: Callable[..., Awaitable[Any]], *args: Any,
                  **kwargs: Any) -> asyncio.Future:
@@ -151,10 +157,12 @@ class Uplink:
                     loop.call_soon_threadsafe(settle, result)
 
         def spawn() -> None:
-            if self._nursery is None:
-                settle(outcome.Error(UplinkError("the uplink is not running")))
-            else:
+            try:
+                if self._nursery is None:
+                    raise RuntimeError
                 self._nursery.start_soon(runner)
+            except RuntimeError:  # no nursery, or it is closing
+                settle(outcome.Error(UplinkError("the uplink is stopping")))
 
         try:
             assert self._token is not None

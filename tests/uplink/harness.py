@@ -18,6 +18,7 @@ twice.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -209,13 +210,14 @@ def run_chaos(data_dir: Path, server, total: int, agents: int = 4, server_kills:
             server.kill9()
             result.server_kills += 1
             down_at = child.acks()
-            child.wait_for(lambda lines, d=down_at: sum(x.startswith("ack ") for x in lines)
-                           >= d + max(1, goal // 50), what="acks while the server is down")
+            more = down_at + max(1, goal // 50)
+            child.wait_for(lambda lines, m=more: sum(x.startswith("ack ") for x in lines) >= m,
+                           what="acks while the server is down")
             server.start()
         if last:
             child.wait_for(lambda lines: "done" in lines, what="done")
         else:
-            child.wait_for(lambda lines: sum(x.startswith("ack ") for x in lines) >= goal,
+            child.wait_for(lambda lines, g=goal: sum(x.startswith("ack ") for x in lines) >= g,
                            what=f"{goal} acks")
             child.kill9()
             result.harness_kills += 1
@@ -247,7 +249,7 @@ def check(msgs: list[dict], acked: set) -> None:
         d = json.loads(m["data"])
         seen[d["a"]].append((d["r"], d["i"]))
     for a, order in seen.items():
-        assert all(x < y for x, y in zip(order, order[1:], strict=False)), \
+        assert all(x < y for x, y in itertools.pairwise(order)), \
             f"agent {a}: messages out of put order or twice"
     present = {(a, i, r) for a, order in seen.items() for r, i in order}
     missing = acked - present
