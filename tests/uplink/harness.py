@@ -88,7 +88,7 @@ async def offline(uplink, n: int, say) -> None:
 
     proc = psutil.Process()
     ob = uplink.outbox
-    peak_rss = proc.memory_info().rss
+    rss_at_start = peak_rss = proc.memory_info().rss
     peak_backlog = 0
     batch = 500
     started = time.monotonic()
@@ -103,8 +103,21 @@ async def offline(uplink, n: int, say) -> None:
     produced_s = time.monotonic() - started
     peak_rss = max(peak_rss, proc.memory_info().rss)
     say("offline " + json.dumps({"produced": n, "produce_s": produced_s, "peak_rss": peak_rss,
+                                 "rss_at_start": rss_at_start,
                                  "peak_backlog_bytes": peak_backlog,
                                  "max_bytes": ob.max_bytes, **ob.stats()}))
+    import trio
+
+    kept = ob.backlog_msgs
+    while not uplink.link.connected:  # the parent starts the server now
+        await trio.sleep(0.01)
+    started = time.monotonic()
+    while ob.backlog_msgs:
+        await trio.sleep(0.005)
+    took = time.monotonic() - started
+    say("drained " + json.dumps({"drained": kept, "drain_s": took,
+                                 "drain_per_s": kept / took if took else None,
+                                 "peak_rss": max(peak_rss, proc.memory_info().rss)}))
 
 
 def main() -> None:
