@@ -284,3 +284,31 @@ def _fail(args: argparse.Namespace, exc: FleetError) -> int:
         print(json.dumps({"error": {"code": "usage" if exc.code == EXIT_USAGE else "failed",
                                     "message": str(exc)}, "exit": exc.code}))
     return exc.code
+
+
+# -- `outpost uplink` (a client of the local control socket; registered with the CLI) ----
+
+
+def uplink_text(stats: dict[str, Any]) -> str:
+    """The human form of the `uplink` control method's answer."""
+    from runtime.cli.format import duration, size
+
+    link = stats.get("link", {})
+    state = f"connected to {link.get('server')}" if link.get("connected") else "not connected"
+    drops = {**{f"dropped {k}": v for k, v in (stats.get("dropped") or {}).items()},
+             **{f"expired {k}": v for k, v in (stats.get("expired") or {}).items()}}
+    lines = [
+        f"uplink {stats.get('host')} -> {', '.join(stats.get('servers', []))}: {state}",
+        f"  backlog   {stats.get('backlog_msgs')} message(s), {size(stats.get('backlog_bytes'))}"
+        f" of {size(stats.get('max_bytes'))} ({stats.get('when_full')}); lag "
+        f"{duration(stats.get('lag_s'))}",
+        f"  sent      {link.get('published')} acknowledged, {stats.get('rate_per_s', 0):.0f}/s; "
+        f"{link.get('in_flight')} in flight; {link.get('duplicates')} duplicate(s) dropped by "
+        "JetStream",
+        "  drops     " + (", ".join(f"{k}: {v}" for k, v in drops.items()) or "none")
+        + f"; refused puts {stats.get('refused')}; rejected {stats.get('rejected')}",
+        f"  commands  {link.get('commands')} handled, {link.get('commands_refused')} refused",
+        f"  errors    {link.get('errors')}" + (f" (last: {link.get('last_error')})"
+                                               if link.get("last_error") else ""),
+    ]
+    return "\n".join(lines)

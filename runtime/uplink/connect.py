@@ -40,7 +40,10 @@ def connect_options(*, servers: list[str] | tuple[str, ...], name: str,
             raise UplinkError(f"[uplink] {label} {path}: no such file")
     opts: dict[str, Any] = {
         "servers": list(servers), "name": name, "connect_timeout": connect_timeout,
-        "allow_reconnect": reconnect, "max_reconnect_attempts": 3 if reconnect else 0,
+        # nats-py reads 0 attempts as "retry forever"; 1 is two tries per server, then
+        # NoServersError, back to our own backoff.
+        "allow_reconnect": reconnect, "max_reconnect_attempts": 3 if reconnect else 1,
+        "reconnect_time_wait": 2 if reconnect else 0,
         # A silent link (a cable pulled, NAT state lost) is noticed within ~30 s.
         "ping_interval": 10, "max_outstanding_pings": 2,
     }

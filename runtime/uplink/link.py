@@ -154,8 +154,18 @@ class Link:
                 lost.set()
 
             started = time.monotonic()
+            attempt = asyncio.create_task(connect(options, disconnected_cb=on_lost,
+                                                  closed_cb=on_lost))
+            stopping = asyncio.create_task(self._stop.wait())
+            await asyncio.wait([attempt, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not attempt.done():  # stopped while connecting
+                attempt.cancel()
+                with contextlib.suppress(BaseException):
+                    await attempt
+                break
             try:
-                nc = await connect(options, disconnected_cb=on_lost, closed_cb=on_lost)
+                nc = attempt.result()
             except Exception as exc:
                 self._note_error("connect", exc)
             else:

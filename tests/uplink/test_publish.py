@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import trio
 
@@ -32,3 +33,43 @@ async def test_puts_reach_jetstream_in_order_with_msg_ids(nats_server, tmp_path)
     assert [m["headers"]["Nats-Msg-Id"] for m in msgs] == \
         [f"gw1/{OUTBOX}/{s}" for s in range(1, 501)]
     assert msgs[0]["headers"]["Outpost-Agent"] == "sensor"
+
+
+async def test_stops_promptly_while_the_server_is_unreachable(tmp_path):
+    from tests.uplink.natsserver import free_port
+
+    cfg = uplink_cfg(f"nats://127.0.0.1:{free_port()}", "gw1")
+    async with open_store(tmp_path / "data") as store:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                uplink = await nursery.start(Uplink(cfg, store).run)
+                assert await uplink.publish("a", "x", 1) == 1  # durable while offline
+                await wait_until(lambda: uplink.link.errors >= 2)  # it keeps trying
+                nursery.cancel_scope.cancel()
+        assert not uplink.link.connected and "connect" in uplink.link.last_error
+        assert uplink.outbox.backlog_msgs == 1
+
+
+async def test_credentials_are_used(nats_binary, tmp_path):
+    import dataclasses
+
+    from tests.uplink.natsserver import NatsServer
+
+    secret = uuid.uuid4().hex  # a throwaway test server's login
+    server = NatsServer(nats_binary, tmp_path / "js", extra=["--user", "edge",
+                                                             "--pass", secret]).start()
+    try:
+        good = uplink_cfg(server.url, "gw1", user="edge", password=secret)
+        bad = dataclasses.replace(good, host_id="gw2", password=secret[::-1])
+        async with open_store(tmp_path / "a") as s1, open_store(tmp_path / "b") as s2, \
+                trio.open_nursery() as nursery:
+            ok = await nursery.start(Uplink(good, s1).run)
+            refused = await nursery.start(Uplink(bad, s2).run)
+            await ok.publish("a", "x", 1)
+            await wait_until(lambda: ok.outbox.backlog_msgs == 0)
+            await wait_until(lambda: refused.link.errors >= 1)
+            assert "uthoriz" in refused.link.last_error  # nats: 'Authorization Violation'
+            assert not refused.link.connected
+            nursery.cancel_scope.cancel()
+    finally:
+        server.kill9()
