@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hashlib
 import json
 import shutil
 import struct
@@ -62,14 +61,6 @@ def parse_at(text: str) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
     return when.timestamp()
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pack(backup_dir: Path, out: Path, level: int = 3) -> dict:
@@ -150,7 +141,7 @@ def backup_nats(store: Store, cfg: Any, keep: int | None = None,
         folder = Path(local.details["path"])
         container = Path(tmp) / "backup.opbk"
         manifest = pack(folder, container)
-        digest = _digest(container)
+        digest = copy.file_digest(container)
         created = manifest["created"]
         # Millisecond names: two backups in one second must not replace each other.
         name = time.strftime("outpost-backup-%Y%m%dT%H%M%S", time.gmtime(created)) + \
@@ -240,7 +231,7 @@ def restore_nats(data_dir: Path, cfg: Any, at: float | None = None, host: str | 
 
         chosen = asyncio.run(download())
         want = (chosen.headers or {}).get(HEADER_DIGEST)
-        if want != _digest(container):
+        if want != copy.file_digest(container):
             raise MaintainError(f"backup {chosen.name}: blake2b does not match its header; "
                                 "the object is damaged, nothing was changed")
         folder = staging / chosen.name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,13 +26,3 @@ def nats_server(nats_binary: str, tmp_path: Path) -> Iterator[NatsServer]:
     finally:
         server.kill9()
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The long forms (marked soak) run only when asked: `-m soak` or OUTPOST_SOAK=1."""
-    if "soak" in (config.getoption("markexpr") or "") or os.environ.get("OUTPOST_SOAK"):
-        return
-    here = Path(__file__).parent
-    skip = pytest.mark.skip(reason="soak test: run with -m soak or OUTPOST_SOAK=1")
-    for item in items:
-        if item.get_closest_marker("soak") and here in Path(str(item.fspath)).parents:
-            item.add_marker(skip)

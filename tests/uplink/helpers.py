@@ -40,10 +40,19 @@ async def _read_stream(url: str, stream: str, subject: str, expect: int | None,
         js = nc.jetstream()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if expect is not None:  # the condition itself, polled: the stream's count
-            while (await js.stream_info(stream)).state.messages < expect and \
-                    loop.time() < deadline:
-                await asyncio.sleep(0.05)
+        from nats.js.errors import NotFoundError
+
+        async def count() -> int:
+            try:
+                return (await js.stream_info(stream)).state.messages
+            except NotFoundError:  # the uplink has not created it yet
+                return -1
+
+        while loop.time() < deadline:  # the condition itself, polled: the stream's count
+            held = await count()
+            if held >= (expect or 0) and held >= 0:
+                break
+            await asyncio.sleep(0.05)
         durable = f"t{uuid.uuid4().hex[:10]}"
         psub = await js.pull_subscribe(subject, durable=durable, stream=stream,
                                        config=ConsumerConfig(
