@@ -37,6 +37,7 @@ from runtime.maintain.report import MaintainError, TaskResult
 from runtime.store import Store
 from runtime.uplink import subjects
 from runtime.uplink.connect import connect, section_options
+from runtime.uplink.outbox import mark_restored
 
 MAGIC = b"OPBK1\n"
 _LEN = struct.Struct(">I")
@@ -238,6 +239,8 @@ def restore_nats(data_dir: Path, cfg: Any, at: float | None = None, host: str | 
         unpack(container, folder)
         container.unlink()
         result = copy.restore(data_dir, folder, progress)
+        if result.ok:
+            mark_restored(data_dir)
         result.task = "restore nats"
         result.details.update({"bucket": subjects.backup_bucket(cfg.stream, host),
                                "name": chosen.name, "host": host,

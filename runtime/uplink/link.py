@@ -91,6 +91,7 @@ class Link:
         self.last_error: str | None = None
         self.published = 0
         self.duplicates = 0  # publishes JetStream reported as already stored
+        self.skipped_stored = 0  # unacked messages found stored at a reconnect
         self.commands = 0
         self.commands_refused = 0
         self.commands_ready = False  # this connection's command consumer is listening
@@ -252,7 +253,7 @@ class Link:
         assert self._wake is not None
         wake = self._wake
         window: collections.deque[tuple[int, int, Any, float]] = collections.deque()
-        pos = outbox.next_seq
+        pos = await self._skip_stored(js)
         limit = cfg.window
         timeout = cfg.ack_timeout_s
         loop = asyncio.get_running_loop()
@@ -267,10 +268,8 @@ class Link:
             if room > 0 and pos <= store.last_seq(OUTBOX):
                 now = time.monotonic()
                 for seq, rec in store.read(OUTBOX, pos, limit=min(room, _READ_PAGE)):
-                    ts, kind, tail, agent, payload, origin = rec
-                    mid = subj.msg_id(host, origin[0], origin[1]) if origin else \
-                        subj.msg_id(host, OUTBOX, seq)
-                    headers = {subj.HEADER_ID: mid, subj.HEADER_HOST: host,
+                    ts, kind, tail, agent, payload, _ = rec
+                    headers = {subj.HEADER_ID: self._id_of(seq, rec), subj.HEADER_HOST: host,
                                subj.HEADER_KIND: kind, subj.HEADER_TIME: repr(ts)}
                     if agent:
                         headers[subj.HEADER_AGENT] = agent
@@ -298,6 +297,46 @@ class Link:
                 self.waiting = False
                 continue
             await wake.wait()
+
+    def _id_of(self, seq: int, rec: list) -> str:
+        origin = rec[5]
+        epoch = self.outbox.epoch
+        return subj.msg_id(self.host, epoch, origin[0], origin[1]) if origin else \
+            subj.msg_id(self.host, epoch, OUTBOX, seq)
+
+    async def _skip_stored(self, js: Any) -> int:
+        """Before resending: which of the unacknowledged messages does JetStream hold
+        already (their acks were lost with the last connection)? Each subject's last
+        stored message tells: a subject's messages are stored in outbox order, so if
+        it is ours and not older than a message, that message is stored. Those are
+        reported acked and not sent again, so a resend after an outage longer than
+        the duplicate window stores nothing twice. Returns the seq to send from."""
+        outbox, store = self.outbox, self.outbox.store
+        pos = outbox.next_seq
+        last_on: dict[str, tuple[str, int] | None] = {}
+        first, sizes = pos, []
+        for seq, rec in store.read(OUTBOX, pos, limit=self.cfg.window):
+            subject = subj.up_subject(self.cfg.prefix, self.host, rec[2])
+            if subject not in last_on:
+                try:
+                    found = await js.get_last_msg(self.cfg.stream, subject)
+                    last_on[subject] = subj.split_id((found.headers or {}).get(subj.HEADER_ID))
+                except NotFoundError:
+                    last_on[subject] = None
+            mine = subj.split_id(self._id_of(seq, rec))
+            held = last_on[subject]
+            if held is None or mine is None or held[0] != mine[0] or held[1] < mine[1]:
+                break
+            if not sizes:
+                first = seq
+            sizes.append(record_size(rec))
+            pos = seq + 1
+        if sizes:
+            self.outbox.report_acked(first, sizes)
+            self.skipped_stored += len(sizes)
+            log.info("uplink: %d message(s) were stored before their acks were lost; not "
+                     "sent again", len(sizes))
+        return pos
 
     def _sweep(self, window: collections.deque) -> None:
         """Pop the acknowledged prefix of the window and report it, a contiguous run at
@@ -425,5 +464,6 @@ class Link:
         return {"connected": self.connected, "server": self.server, "connects": self.connects,
                 "errors": self.errors, "last_error": self.last_error,
                 "published": self.published, "duplicates": self.duplicates,
+                "skipped_stored": self.skipped_stored,
                 "in_flight": self.in_flight, "commands": self.commands,
                 "commands_refused": self.commands_refused}

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +46,15 @@ OVERHEAD = 48  # bytes counted per message beyond payload and subject (headers, 
 _PAGE = 512
 _PRUNE_EVERY = 1024  # sent records pruned once this many piled up (or when idle)
 _CURSOR_PRUNE_EVERY = 256
+NEW_EPOCH = "uplink.new-epoch"  # in the data dir: the store was restored, draw a new epoch
+
+
+def mark_restored(data_dir: Any) -> None:
+    """Called after a store was restored from a backup (offline): the outbox draws a new
+    message-id epoch when it opens, since the restored seqs repeat ones already sent."""
+    from pathlib import Path
+
+    (Path(data_dir) / NEW_EPOCH).write_text("the store was restored; see runtime/uplink\n")
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class Outbox:
         self.max_message_bytes = max_message_bytes
         self.clock = clock
         self.next_seq = 1  # first seq not yet done (acked or dropped)
+        self.epoch = ""  # the message-id epoch (see subjects); drawn when created
         self.backlog_bytes = 0  # unsent: seqs >= next_seq
         self.backlog_msgs = 0
         self.sources: dict[str, int] = {}  # source stream -> last seq copied
@@ -134,6 +145,13 @@ class Outbox:
             self.expired.update(rec.get("expired", {}))
             self.rejected = int(rec.get("rejected", 0))
             self.refused = int(rec.get("refused", 0))
+            self.epoch = str(rec.get("epoch", ""))
+        marker = self.store.path / NEW_EPOCH
+        restored = marker.exists()
+        if restored or not self.epoch:
+            self.epoch = secrets.token_hex(4)
+            log.info("uplink message-id epoch %s (%s)", self.epoch,
+                     "store restored" if restored else "new outbox")
         self.next_seq = max(self.next_seq, self.store.first_seq(OUTBOX) or 1)
         fresh = set()
         for stream in sources:
@@ -153,8 +171,10 @@ class Outbox:
         self.backlog_bytes, self.backlog_msgs = await trio.to_thread.run_sync(scan)
         if self.next_seq > 1:
             await self._prune_sent(self.next_seq - 1)
-        if fresh or not last:
+        if fresh or not last or restored:
             await self._write_cursor()
+        if restored:
+            marker.unlink()
         log.info("outbox open: %d unsent message(s), %d bytes, next seq %d",
                  self.backlog_msgs, self.backlog_bytes, self.next_seq)
         return fresh
@@ -331,7 +351,7 @@ class Outbox:
     # -- the cursor -----------------------------------------------------------------
 
     def cursor_record(self) -> dict[str, Any]:
-        return {"next": self.next_seq, "sources": dict(self.sources),
+        return {"next": self.next_seq, "epoch": self.epoch, "sources": dict(self.sources),
                 "dropped": dict(self.dropped), "expired": dict(self.expired),
                 "rejected": self.rejected, "refused": self.refused, "ts": self.clock()}
 

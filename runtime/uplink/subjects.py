@@ -11,10 +11,14 @@ runtime). Layout, for prefix P and host H:
     KV <S>_HOSTS, key H            the host's latest snapshot  (outpost fleet hosts)
     Object Store <S>_BACKUP_H      the host's backups          (maintain backup nats)
 
-Every up message has `Nats-Msg-Id: H/<store stream>/<seq>`: the store stream and seq
-it came from, so a resend (after a reconnect or a crash) is the same id and
-JetStream drops it inside the stream's duplicate window; past the window a
-consumer can still drop it (per host and stream the seq only grows).
+Every up message has `Nats-Msg-Id: H/<epoch>/<store stream>/<seq>`: the store stream
+and seq it came from, so a resend (after a reconnect or a crash) is the same id and
+JetStream drops it inside the stream's duplicate window (and the uplink checks what
+the stream holds before resending, so past the window too). The epoch is a random
+token the outbox draws when it is created, and again after its store was restored
+from a backup: seqs then repeat, and a repeated id must not make JetStream drop new
+messages. Per host, epoch and stream the seq only grows, so a consumer can also drop
+repeats itself.
 """
 
 from __future__ import annotations
@@ -89,5 +93,20 @@ def backup_bucket(stream: str, host: str) -> str:
     return f"{stream}_BACKUP_{host}"
 
 
-def msg_id(host: str, stream: str, seq: int) -> str:
-    return f"{host}/{stream}/{seq}"
+RESYNC = "#resync"  # a state's whole-state message: its id stream is the state's + this
+
+
+def msg_id(host: str, epoch: str, stream: str, seq: int) -> str:
+    return f"{host}/{epoch}/{stream}/{seq}"
+
+
+def split_id(msg_id: str | None) -> tuple[str, int] | None:
+    """("host/epoch/stream", seq) of one of our ids (a whole-state message counts in its
+    state stream's seqs: it follows the ops before it and precedes those after)."""
+    if not msg_id:
+        return None
+    head, _, seq = msg_id.rpartition("/")
+    try:
+        return head.replace(RESYNC, ""), int(seq)
+    except ValueError:
+        return None

@@ -49,7 +49,6 @@ log = logging.getLogger("outpost.uplink")
 _OPS = {SET: "set", DELETE: "delete", INCR: "incr", MERGE: "merge"}
 _PAGE = 512
 _POLL_S = 0.5  # how often state streams are looked at (a dict lookup each)
-_RESYNC = "#resync"
 
 StateSnapshot = Callable[[str], Awaitable[tuple[int, dict]]]
 
@@ -217,7 +216,7 @@ class Uplink:
                 seq, state = await self.state_snapshot(agent)
                 item = ob.item(tail, {"agent": agent, "seq": seq, "state": state,
                                       "resync": True},
-                               kind="state", agent=agent, origin=(stream + _RESYNC, seq))
+                               kind="state", agent=agent, origin=(stream + subj.RESYNC, seq))
                 if await self._offer_state([item]):
                     self._resync.discard(agent)
                     ob.mark_source(stream, max(seq, done))

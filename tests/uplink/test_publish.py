@@ -31,7 +31,7 @@ async def test_puts_reach_jetstream_in_order_with_msg_ids(nats_server, tmp_path)
     assert [json.loads(m["data"])["n"] for m in msgs] == list(range(500))
     assert {m["subject"] for m in msgs} == {"outpost.gw1.up.pub.sensor.temp.room1"}
     assert [m["headers"]["Nats-Msg-Id"] for m in msgs] == \
-        [f"gw1/{OUTBOX}/{s}" for s in range(1, 501)]
+        [f"gw1/{uplink.outbox.epoch}/{OUTBOX}/{s}" for s in range(1, 501)]
     assert msgs[0]["headers"]["Outpost-Agent"] == "sensor"
 
 

@@ -42,7 +42,7 @@ async def test_events_of_the_chosen_types_go_up_once(nats_server, tmp_path):
     assert bodies[-1]["why"] == "boom" and bodies[0]["n"] == 1
     assert msgs[-1]["subject"] == "outpost.h1.up.event.agent-failed"
     assert [m["headers"]["Nats-Msg-Id"] for m in msgs] == \
-        [f"h1/events/{b['seq']}" for b in bodies]
+        [f"h1/{uplink.outbox.epoch}/events/{b['seq']}" for b in bodies]
 
 
 async def test_state_changes_go_up_whole_first_then_each_op(nats_server, tmp_path):
@@ -72,7 +72,8 @@ async def test_state_changes_go_up_whole_first_then_each_op(nats_server, tmp_pat
     assert [(b["op"], b["key"], b["value"], b["seq"]) for b in bodies[1:]] == \
         [op for op in ops if op[3] > first["seq"]]
     if len(msgs) > 1:
-        assert msgs[1]["headers"]["Nats-Msg-Id"] == f"h1/agent/counter/state/{bodies[1]['seq']}"
+        assert msgs[1]["headers"]["Nats-Msg-Id"] == \
+            f"h1/{uplink.outbox.epoch}/agent/counter/state/{bodies[1]['seq']}"
 
 
 async def test_metrics_snapshots_and_the_uplinks_own_slots(nats_server, tmp_path):
