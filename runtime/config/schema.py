@@ -352,8 +352,9 @@ class UplinkSection:
     prefix: str = key(SUBJECT_PREFIX, "outpost")
     stream: str = key(TOKEN, "OUTPOST")
     create_streams: bool = key(BOOL, True)
-    # Resends after a reconnect are deduplicated by Nats-Msg-Id within this window.
-    duplicate_window_s: float = key(_positive(), 86400.0)
+    # The stream's dedup window for resends (Nats-Msg-Id); past it the uplink still
+    # checks what the stream holds before resending. Longer costs server memory.
+    duplicate_window_s: float = key(_positive(), 7200.0)
     creds_file: Path | None = key(PATH, None)
     nkey_file: Path | None = key(PATH, None)
     user: str | None = key(OPTIONAL_STR, None)

@@ -46,7 +46,7 @@ entry = "x:y"
     assert cfg.outbox.max_bytes == 8 << 20 and cfg.outbox.when_full == "refuse_new"
     assert cfg.send.events == ("agent-failed",) and cfg.send.state_of == ("a",)
     assert cfg.commands.allow == COMMANDS_ALLOWED and cfg.commands.max_deliver == 5
-    assert cfg.backup.keep == 7 and cfg.duplicate_window_s == 86400
+    assert cfg.backup.keep == 7 and cfg.duplicate_window_s == 7200
 
 
 @pytest.mark.parametrize(("text", "message"), [
