@@ -133,11 +133,14 @@ class Link:
             raise
 
     def _note_error(self, where: str, exc: BaseException) -> None:
+        error = f"{where}: {type(exc).__name__}: {exc}"
         self.errors += 1
-        self.last_error = f"{where}: {type(exc).__name__}: {exc}"
+        # The same error again (a server down for hours) is logged once, then counted.
+        log.log(logging.WARNING if error != self.last_error else logging.DEBUG, "uplink %s",
+                error)
+        self.last_error = error
         if self._on_error is not None:
             self._on_error()
-        log.warning("uplink %s", self.last_error)
 
     # -- the connection loop ---------------------------------------------------------
 
@@ -194,11 +197,13 @@ class Link:
         js = nc.jetstream(timeout=self.cfg.ack_timeout_s,
                           publish_async_max_pending=self.cfg.window)
         await self._ensure_streams(js)
+        # Only the publisher ends a session: commands or snapshots that fail (a consumer
+        # the server refuses, a bucket we may not write) retry on their own.
         work = [asyncio.create_task(self._publish(js), name="publish")]
         if self._port is not None and self.cfg.commands.enabled:
-            work.append(asyncio.create_task(self._commands(nc, js), name="commands"))
+            work.append(asyncio.create_task(self._retrying("commands", self._commands, nc, js)))
         if self._host_snapshot is not None:
-            work.append(asyncio.create_task(self._snapshots(js), name="snapshots"))
+            work.append(asyncio.create_task(self._retrying("snapshots", self._snapshots, js)))
         assert self._stop is not None
         ends = [asyncio.create_task(lost.wait()), asyncio.create_task(self._stop.wait())]
         try:
@@ -210,6 +215,17 @@ class Link:
         for task in work:
             if task in done and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+    async def _retrying(self, what: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        step = self.cfg.reconnect_initial_s
+        while True:
+            try:
+                await fn(*args)
+                return
+            except Exception as exc:
+                self._note_error(what, exc)
+            await asyncio.sleep(step * (0.5 + random.random() / 2))  # noqa: S311
+            step = min(self.cfg.reconnect_max_s, step * 2)
 
     async def _ensure_streams(self, js: Any) -> None:
         cfg = self.cfg
@@ -376,6 +392,7 @@ class Link:
     # -- commands --------------------------------------------------------------------
 
     async def _commands(self, nc: Any, js: Any) -> None:
+        self.commands_ready = False
         cfg = self.cfg
         subject = subj.cmd_subject(cfg.prefix, self.host)
         durable = subj.cmd_consumer(self.host)

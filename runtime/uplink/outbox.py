@@ -137,6 +137,10 @@ class Outbox:
         time, which start at their stream's end (switching one on sends no history)."""
         self._token = trio.lowlevel.current_trio_token()
         last = self.store.read(CURSOR, max(1, self.store.last_seq(CURSOR)), limit=1)
+        if last and not isinstance(last[0][1], dict):
+            log.error("uplink cursor record %d is not a map (%r): starting from the outbox's "
+                      "oldest record; counts restart at 0", last[0][0], last[0][1])
+            last = []
         if last:
             rec = last[0][1]
             self.next_seq = int(rec.get("next", 1))
@@ -200,6 +204,9 @@ class Outbox:
         drop_oldest evicts the oldest unsent messages first (counted).
         """
         item = self.item(tail, data, kind=kind, agent=agent)
+        if item.size > self.max_bytes:
+            raise MessageError(f"message of {item.size} bytes is larger than the whole outbox "
+                               f"([uplink.outbox] max_bytes = {self.max_bytes})")
         if not await self._admit(item.size):
             self.refused += 1
             self._dirty.set()
@@ -383,10 +390,10 @@ class Outbox:
                 with trio.move_on_at(next_expiry):
                     await self._dirty.wait()
                 self._dirty = trio.Event()
-                if trio.current_time() >= next_expiry:
-                    next_expiry = trio.current_time() + every
-                    await self.expire()
                 try:
+                    if trio.current_time() >= next_expiry:
+                        next_expiry = trio.current_time() + every
+                        await self.expire()
                     await self._write_cursor()
                     done = self.next_seq - 1
                     if done - self._pruned_upto >= _PRUNE_EVERY or \

@@ -36,7 +36,7 @@ from runtime import __version__
 from runtime.agents.context import state_stream
 from runtime.events import STREAM as EVENTS
 from runtime.events import event_dict
-from runtime.store import KeyValueState, Store
+from runtime.store import KeyValueState, Store, StoreError
 from runtime.store.kvstate import DELETE, INCR, MERGE, SET
 from runtime.uplink import subjects as subj
 from runtime.uplink.commands import CommandPort
@@ -110,11 +110,11 @@ class Uplink:
                 await nursery.start(self.outbox.run)
                 await trio.to_thread.run_sync(self.link.start)
                 if self.cfg.send.events and self.events is not None:
-                    nursery.start_soon(self._copy_events)
+                    nursery.start_soon(self._feed, "events", self._copy_events)
                 for agent in self.cfg.send.state_of:
-                    nursery.start_soon(self._copy_state, agent)
+                    nursery.start_soon(self._feed, f"state of {agent}", self._copy_state, agent)
                 if self.cfg.send.metrics_every_s > 0 and self.segment is not None:
-                    nursery.start_soon(self._send_metrics)
+                    nursery.start_soon(self._feed, "metrics", self._send_metrics)
                 if self._metrics is not None:
                     nursery.start_soon(self._refresh_metrics)
                 task_status.started(self)
@@ -171,6 +171,19 @@ class Uplink:
         return future
 
     # -- feeds --------------------------------------------------------------------------
+
+    async def _feed(self, what: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a feed until cancelled; a store error (a full disk) pauses it, never ends
+        the room: it resumes from its durable position."""
+        pause = 0.5
+        while True:
+            try:
+                await fn(*args)
+            except (StoreError, UplinkError) as exc:
+                log.error("uplink feed %s paused %.1f s: %s", what, pause, exc)
+                self._link_error()
+            await trio.sleep(pause)
+            pause = min(30.0, pause * 2)
 
     async def _copy_events(self) -> None:
         types = set(self.cfg.send.events)
