@@ -7,8 +7,8 @@ A command is a JetStream message on `<prefix>.<host>.cmd` whose body is JSON
 is "id", else its `Nats-Msg-Id` header, else its stream sequence: the same id twice
 applies once (JetStream drops a repeated Nats-Msg-Id inside the duplicate window; a
 redelivery or a later repeat reaches the port, whose idempotency answers the first
-result). The answer goes to the subject in the
-`Outpost-Reply-To` header, as JSON `{"id", "host", "result"}` or
+result). The answer goes to the subject in the `Outpost-Reply-To` header (else to
+`<prefix>.<host>.results`), as JSON `{"id", "host", "result"}` or
 `{"id", "host", "error": {"code", "message"}}`.
 """
 

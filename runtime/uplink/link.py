@@ -445,11 +445,10 @@ class Link:
                 code = "internal"
                 log.error("uplink command %s failed", request_id, exc_info=exc)
             body = cmds.answer(request_id, self.host, error=(code, str(exc)))
-        if reply:
-            try:
-                await nc.publish(reply, body)
-            except Exception as exc:
-                self._note_error("command answer", exc)
+        try:  # no reply subject named: the answer goes where anyone may listen
+            await nc.publish(reply or subj.results_subject(self.cfg.prefix, self.host), body)
+        except Exception as exc:
+            self._note_error("command answer", exc)
         await msg.ack()
         self.commands += 1
 

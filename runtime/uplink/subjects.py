@@ -8,6 +8,7 @@ runtime). Layout, for prefix P and host H:
     P.H.up.metrics                 metric snapshots
     P.H.up.pub.<agent>.<suffix>    what agents publish (ctx.publish)
     P.H.cmd                        commands down               stream <S>_CMD (P.*.cmd)
+    P.H.results                    answers to commands that named no reply subject
     KV <S>_HOSTS, key H            the host's latest snapshot  (outpost fleet hosts)
     Object Store <S>_BACKUP_H      the host's backups          (maintain backup nats)
 
@@ -71,6 +72,10 @@ def up_filter(prefix: str) -> str:
 
 def cmd_subject(prefix: str, host: str) -> str:
     return f"{prefix}.{host}.cmd"
+
+
+def results_subject(prefix: str, host: str) -> str:
+    return f"{prefix}.{host}.results"
 
 
 def cmd_filter(prefix: str) -> str:

@@ -84,17 +84,16 @@ async def test_a_full_store_fails_the_put_not_the_room(tmp_path):
     cfg = uplink_cfg(f"nats://127.0.0.1:{free_port()}", "gw1",
                      outbox={"max_bytes": 1 << 30}, send={"metrics_every_s": 0.05})
     options = StoreOptions(map_size=1 << 20, map_size_max=2 << 20)
-    async with open_store(tmp_path / "data", options) as store:
-        async with trio.open_nursery() as nursery:
-            uplink = await nursery.start(Uplink(cfg, store).run)
-            with pytest.raises(StoreFullError, match="map_size_max"):
-                for i in range(100_000):
-                    await uplink.publish("a", "x", {"i": i, "pad": "z" * 500})
-            stored = uplink.outbox.backlog_msgs
-            assert stored > 100
-            with pytest.raises(StoreFullError):  # still full, still a clear error
-                await uplink.publish("a", "x", {"i": -1, "pad": "z" * 5000})
-            assert uplink.link._thread.is_alive()
-            nursery.cancel_scope.cancel()
+    async with open_store(tmp_path / "data", options) as store, trio.open_nursery() as nursery:
+        uplink = await nursery.start(Uplink(cfg, store).run)
+        with pytest.raises(StoreFullError, match="map_size_max"):
+            for i in range(100_000):
+                await uplink.publish("a", "x", {"i": i, "pad": "z" * 500})
+        stored = uplink.outbox.backlog_msgs
+        assert stored > 100
+        with pytest.raises(StoreFullError):  # still full, still a clear error
+            await uplink.publish("a", "x", {"i": -1, "pad": "z" * 5000})
+        assert uplink.link._thread.is_alive()
+        nursery.cancel_scope.cancel()
     async with open_store(tmp_path / "data", options) as store:
         assert store.last_seq(OUTBOX) == stored  # what was acknowledged is all there
