@@ -61,18 +61,25 @@ async def test_credentials_are_used(nats_binary, tmp_path):
     try:
         good = uplink_cfg(server.url, "gw1", user="edge", password=secret)
         bad = dataclasses.replace(good, host_id="gw2", password=secret[::-1])
-        async with open_store(tmp_path / "a") as s1, open_store(tmp_path / "b") as s2, \
-                trio.open_nursery() as nursery:
-            ok = await nursery.start(Uplink(good, s1).run)
-            refused = await nursery.start(Uplink(bad, s2).run)
-            await ok.publish("a", "x", 1)
-            await wait_until(lambda: ok.outbox.backlog_msgs == 0)
-            await wait_until(lambda: refused.link.errors >= 1)
-            assert "uthoriz" in refused.link.last_error  # nats: 'Authorization Violation'
-            assert not refused.link.connected
-            nursery.cancel_scope.cancel()
+        error = await one_in_one_refused(tmp_path, good, bad)
+        assert "uthoriz" in error  # nats: 'Authorization Violation'
     finally:
         server.kill9()
+
+
+async def one_in_one_refused(tmp_path, good, bad) -> str:
+    """Run two uplinks: `good` gets a message through, `bad` is refused at connect;
+    returns the refused one's last error."""
+    async with open_store(tmp_path / "a") as s1, open_store(tmp_path / "b") as s2, \
+            trio.open_nursery() as nursery:
+        ok = await nursery.start(Uplink(good, s1).run)
+        refused = await nursery.start(Uplink(bad, s2).run)
+        await ok.publish("a", "x", 1)
+        await wait_until(lambda: ok.outbox.backlog_msgs == 0)
+        await wait_until(lambda: refused.link.errors >= 1)
+        assert not refused.link.connected
+        nursery.cancel_scope.cancel()
+    return refused.link.last_error
 
 
 async def test_a_full_store_fails_the_put_not_the_room(tmp_path):

@@ -7,14 +7,11 @@ import shutil
 import subprocess
 
 import pytest
-import trio
 
 from runtime.config.schema import UplinkTlsSection
-from runtime.store import open_store
-from runtime.uplink.uplink import Uplink
 from tests.uplink.helpers import uplink_cfg
 from tests.uplink.natsserver import NatsServer
-from tests.uplink.test_publish import wait_until
+from tests.uplink.test_publish import one_in_one_refused
 
 
 def make_certs(d) -> None:
@@ -40,15 +37,7 @@ async def test_tls_verified_against_the_configured_ca(nats_binary, tmp_path):
         trusted = dataclasses.replace(uplink_cfg(url, "gw1"),
                                       tls=UplinkTlsSection(ca_file=tmp_path / "ca.pem"))
         untrusted = uplink_cfg(url, "gw2")  # the system's CAs do not know ours
-        async with open_store(tmp_path / "a") as s1, open_store(tmp_path / "b") as s2, \
-                trio.open_nursery() as nursery:
-            ok = await nursery.start(Uplink(trusted, s1).run)
-            refused = await nursery.start(Uplink(untrusted, s2).run)
-            await ok.publish("a", "x", 1)
-            await wait_until(lambda: ok.outbox.backlog_msgs == 0)
-            await wait_until(lambda: refused.link.errors >= 1)
-            assert "CERTIFICATE_VERIFY_FAILED" in refused.link.last_error
-            assert not refused.link.connected
-            nursery.cancel_scope.cancel()
+        error = await one_in_one_refused(tmp_path, trusted, untrusted)
+        assert "CERTIFICATE_VERIFY_FAILED" in error
     finally:
         server.kill9()
