@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import socket as _socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from runtime.config.schema import (
     ConfigError,
     GroupSpec,
     MaintainSection,
+    UplinkSection,
     keys_of,
     required_keys,
 )
@@ -59,6 +61,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     agents, groups = _agents_and_groups(raw, path, fail)
 
     base = path.parent
+    uplink = _uplink(raw, base, fail) if "uplink" in raw else None
     run_dir = (base / rt.run_dir).resolve()
     socket = run_dir / "outpost.sock"
     if len(os.fsencode(socket)) > _SOCKET_PATH_MAX:
@@ -78,12 +81,50 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         groups=groups,
         supervisor=supervisor,
         maintain=_absolute_paths(maintain, base),
+        uplink=uplink,
     )
 
 
 def _absolute_paths(maintain: MaintainSection, base: Path) -> MaintainSection:
     return dataclasses.replace(maintain, archive_dir=(base / maintain.archive_dir).resolve(),
                                logs_dir=(base / maintain.logs_dir).resolve())
+
+
+def _uplink(raw: dict, base: Path, fail) -> UplinkSection:
+    """[uplink], with host_id resolved (default: the short hostname), file paths made
+    absolute and the credentials checked for exactly one way to log in."""
+    up = _section(raw, "uplink", UplinkSection, fail)
+    host_id = up.host_id
+    if host_id is None:
+        host_id = _socket.gethostname().split(".", 1)[0]
+        try:
+            keys_of(UplinkSection)["host_id"].convert(host_id)
+        except ValueError:
+            raise fail("uplink.host_id", f"the hostname {host_id!r} is not a NATS subject "
+                       "token; set host_id (letters, digits, '_', '-')") from None
+    ways = [name for name, given in (("creds_file", up.creds_file), ("nkey_file", up.nkey_file),
+                                     ("user", up.user), ("token", up.token)) if given]
+    if len(ways) > 1:
+        raise fail(f"uplink.{ways[1]}", f"give one way to log in, not {' and '.join(ways)}")
+    if (up.user is None) != (up.password is None):
+        raise fail("uplink.password" if up.user else "uplink.user",
+                   "user and password go together")
+
+    def absolute(value: Any) -> Path | None:
+        return None if value is None else (base / value).resolve()
+
+    tls = dataclasses.replace(up.tls, ca_file=absolute(up.tls.ca_file),
+                              cert_file=absolute(up.tls.cert_file),
+                              key_file=absolute(up.tls.key_file))
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise fail("uplink.tls.key_file" if tls.cert_file else "uplink.tls.cert_file",
+                   "cert_file and key_file go together (mutual TLS)")
+    for name in up.send.state_of:
+        if not any(a.get("name") == name for a in raw.get("agents", [])
+                   if isinstance(a, dict)):
+            raise fail("uplink.send.state_of", f"no agent named {name!r}")
+    return dataclasses.replace(up, host_id=host_id, tls=tls, creds_file=absolute(up.creds_file),
+                               nkey_file=absolute(up.nkey_file))
 
 
 def _tables(raw: dict, name: str, fail) -> list[tuple[str, dict]]:
@@ -245,6 +286,11 @@ def _check(table: dict, cls: type, where: str, fail) -> dict[str, Any]:
         spec = keys.get(name)
         if spec is None:
             raise fail(f"{where}.{name}", "unknown key; expected one of " + ", ".join(keys))
+        if spec.section is not None:  # a nested table, e.g. [uplink.tls]
+            if not isinstance(value, dict):
+                raise fail(f"{where}.{name}", f"expected a table [{where}.{name}]")
+            out[name] = spec.section(**_check(value, spec.section, f"{where}.{name}", fail))
+            continue
         try:
             out[name] = spec.convert(value)
         except (ValueError, TypeError):

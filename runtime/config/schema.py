@@ -39,6 +39,7 @@ class Key:
 
     convert: Callable[[Any], Any]
     expected: str
+    section: type | None = None  # a nested table: the section dataclass it holds
 
 
 def key(spec: tuple[Callable[[Any], Any], str], default: Any = MISSING) -> Any:
@@ -48,6 +49,13 @@ def key(spec: tuple[Callable[[Any], Any], str], default: Any = MISSING) -> Any:
     the loader validates a TOML table against their fields.
     """
     return field(default=default, metadata={"key": Key(spec[0], spec[1])})
+
+
+def table(cls: type) -> Any:
+    """A dataclass field that is a nested table (e.g. [uplink.tls]) of section `cls`;
+    absent, it takes `cls`'s defaults."""
+    return field(default_factory=cls,
+                 metadata={"key": Key(lambda v: v, f"a table of {cls.__name__} keys", cls)})
 
 
 def keys_of(cls: type) -> dict[str, Key]:
@@ -245,12 +253,132 @@ class GroupSpec:
     restart_window_s: float = key(_positive(), 60.0)
 
 
+WHEN_FULL = ("drop_oldest", "refuse_new")
+# A NATS subject token that is also a valid stream, consumer, bucket and object name.
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SUBJECT_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
+_SERVER = re.compile(r"^(nats|tls)://[^\s/]+$")
+TOKEN = _typed(str, expected="letters, digits, '_' or '-' (1 to 64; a NATS subject token)",
+               check=lambda v: bool(_TOKEN.match(v)))
+SUBJECT_PREFIX = _typed(str, expected="NATS subject tokens of letters, digits, '_', '-' "
+                        "joined by '.' (no wildcards), e.g. \"outpost\" or \"acme.edge\"",
+                        check=lambda v: bool(_SUBJECT_PREFIX.match(v)))
+def _as_tuple(spec: tuple[Callable[[Any], Any], str]) -> tuple[Callable[[Any], Any], str]:
+    convert, expected = spec
+    return (lambda v: tuple(convert(v))), expected
+
+
+def _message_size(value: Any) -> int:
+    n = _size(value)
+    if n > 900 << 10:  # the record, with its subject, must fit the store's 1 MiB limit
+        raise ValueError
+    return n
+
+
+MESSAGE_SIZE = (_message_size, 'a size from 1 byte to 900KiB, e.g. "256KiB"')
+SERVERS = _typed(list, expected='a non-empty list of server URLs, e.g. ["nats://hub:4222"]',
+                 check=lambda v: bool(v) and all(isinstance(s, str) and _SERVER.match(s)
+                                                 for s in v))
+STRINGS = _typed(list, expected="a list of strings",
+                 check=lambda v: all(isinstance(s, str) and s for s in v))
+OPTIONAL_STR = _typed(str, expected="a non-empty string", check=lambda v: bool(v))
+BOOL = _typed(bool, expected="true or false")
+# What a fleet may ask of a host by default: reading, and starting/stopping agents.
+COMMANDS_ALLOWED = ("status", "info", "ping", "metrics", "events.query", "state.get",
+                    "uplink", "agent.start", "agent.stop", "agent.restart")
+
+
+@dataclass(frozen=True)
+class UplinkTlsSection:
+    """[uplink.tls]: verify the server against `ca_file` (default: the system's CAs);
+    `cert_file` + `key_file` for mutual TLS. Any of them turns TLS on."""
+
+    ca_file: Path | None = key(PATH, None)
+    cert_file: Path | None = key(PATH, None)
+    key_file: Path | None = key(PATH, None)
+    handshake_first: bool = key(BOOL, False)
+
+
+@dataclass(frozen=True)
+class UplinkOutboxSection:
+    """[uplink.outbox]: the durable queue in the store, bounded. Full means `max_bytes`
+    of unsent messages; then `when_full` decides: drop_oldest (like Greengrass's
+    OverwriteOldestData) or refuse_new (ctx.publish raises; events are dropped).
+    Messages older than `max_age_s` are dropped unsent (0 = never). Every drop is counted."""
+
+    max_bytes: int = key(SIZE, 64 << 20)
+    max_age_s: float = key(_non_negative("a number of seconds >= 0 (0 = no limit)"),
+                           7 * 86400.0)
+    when_full: str = key(_choice(WHEN_FULL), "drop_oldest")
+    max_message_bytes: int = key(MESSAGE_SIZE, 256 << 10)
+
+
+@dataclass(frozen=True)
+class UplinkSendSection:
+    """[uplink.send]: what goes up besides what agents publish: events by type ("*" =
+    all), state changes of the named agents, and the metrics every N seconds (0 = off)."""
+
+    events: tuple[str, ...] = key(_as_tuple(STRINGS), ())
+    state_of: tuple[str, ...] = key(_as_tuple(NAME_LIST), ())
+    metrics_every_s: float = key(_non_negative("a number of seconds >= 0 (0 = off)"), 0.0)
+    snapshot_every_s: float = key(_positive(), 30.0)
+
+
+@dataclass(frozen=True)
+class UplinkCommandsSection:
+    """[uplink.commands]: control methods a fleet may call on this host through NATS."""
+
+    enabled: bool = key(BOOL, True)
+    allow: tuple[str, ...] = key(_as_tuple(STRINGS), COMMANDS_ALLOWED)
+    ack_wait_s: float = key(_positive(), 60.0)
+    max_deliver: int = key(_int_range(1, 100), 5)
+
+
+@dataclass(frozen=True)
+class UplinkBackupSection:
+    """[uplink.backup]: `maintain backup nats` keeps the newest `keep` backups per host."""
+
+    keep: int = key(_int_range(1, 1000), 7)
+
+
+@dataclass(frozen=True)
+class UplinkSection:
+    """[uplink]: store-and-forward to NATS JetStream. Absent: no uplink. `host_id`
+    defaults to the short hostname. One way to authenticate at most: `creds_file`,
+    `nkey_file`, `user` + `password`, or `token`. Times are seconds."""
+
+    servers: tuple[str, ...] = key(_as_tuple(SERVERS))
+    host_id: str | None = key(TOKEN, None)
+    prefix: str = key(SUBJECT_PREFIX, "outpost")
+    stream: str = key(TOKEN, "OUTPOST")
+    create_streams: bool = key(BOOL, True)
+    # The stream's dedup window for resends (Nats-Msg-Id); past it the uplink still
+    # checks what the stream holds before resending. Longer costs server memory.
+    duplicate_window_s: float = key(_positive(), 7200.0)
+    creds_file: Path | None = key(PATH, None)
+    nkey_file: Path | None = key(PATH, None)
+    user: str | None = key(OPTIONAL_STR, None)
+    password: str | None = key(OPTIONAL_STR, None)
+    token: str | None = key(OPTIONAL_STR, None)
+    window: int = key(_int_range(1, 65536), 512)
+    ack_timeout_s: float = key(_positive(), 10.0)
+    connect_timeout_s: float = key(_positive(), 5.0)
+    reconnect_initial_s: float = key(_positive(), 0.2)
+    reconnect_max_s: float = key(_positive(), 30.0)
+    tls: UplinkTlsSection = table(UplinkTlsSection)
+    outbox: UplinkOutboxSection = table(UplinkOutboxSection)
+    send: UplinkSendSection = table(UplinkSendSection)
+    commands: UplinkCommandsSection = table(UplinkCommandsSection)
+    backup: UplinkBackupSection = table(UplinkBackupSection)
+
+
 SECTIONS: dict[str, type] = {
     "runtime": RuntimeSection, "store": StoreSection, "shm": ShmSection,
     "control": ControlSection, "maintain": MaintainSection, "supervisor": SupervisorSection,
 }
 ARRAYS: dict[str, type] = {"groups": GroupSpec, "agents": AgentSpec}
-TOP_SECTIONS = (*SECTIONS, *ARRAYS)
+OPTIONAL_SECTIONS: dict[str, type] = {"uplink": UplinkSection}  # absent = feature off
+TOP_SECTIONS = (*SECTIONS, *OPTIONAL_SECTIONS, *ARRAYS)
 
 
 @dataclass(frozen=True)
@@ -270,6 +398,7 @@ class Config:
     groups: tuple[GroupSpec, ...] = ()
     supervisor: SupervisorSection = field(default_factory=SupervisorSection)
     maintain: MaintainSection = field(default_factory=MaintainSection)
+    uplink: UplinkSection | None = None
 
     @property
     def socket_path(self) -> Path:
