@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from shm._native import ffi, lib
@@ -81,12 +82,21 @@ def snapshot(segment: Segment) -> dict[str, dict]:
     return out
 
 
+RUNTIME_OWNER = "outpost"
+"""Slots named 'outpost:<metric>' are the runtime's own: exposed without an agent label
+(the config refuses an agent called 'outpost')."""
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
 def split_name(slot_name: str) -> tuple[str, dict[str, str]]:
-    """'agent:metric' slot names become metric 'metric' with label agent="agent"."""
+    """'agent:metric' slot names become metric 'metric' with label agent="agent";
+    the runtime's own 'outpost:metric' slots have no label."""
     owner, sep, metric = slot_name.partition(":")
     if not sep:
         return slot_name, {}
-    return metric, {"agent": owner}
+    return metric, {} if owner == RUNTIME_OWNER else {"agent": owner}
 
 
 def _fmt(v: float) -> str:
@@ -111,25 +121,42 @@ def _labels(labels: dict[str, str], extra: dict[str, str] | None = None) -> str:
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in merged.items()) + "}"
 
 
-def prometheus_text(segment: Segment, prefix: str = "outpost_") -> str:
-    """Prometheus text format 0.0.4 for counters, gauges, heartbeat ages and histograms.
+def _help_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+_DEFAULT_HELP = {COUNTER: "Counter {metric!r} from the shared-memory segment.",
+                 GAUGE: "Gauge {metric!r} from the shared-memory segment.",
+                 HEARTBEAT: "Seconds since the last beat of heartbeat {metric!r}.",
+                 HISTOGRAM: "Histogram {metric!r} from the shared-memory segment."}
+
+
+def prometheus_text(segment: Segment, prefix: str = "outpost_", *,
+                    help: Mapping[str, str] | None = None, openmetrics: bool = False) -> str:
+    """Prometheus text format 0.0.4 (or OpenMetrics 1.0) for counters, gauges, heartbeat
+    ages and histograms, each family with `# HELP` and `# TYPE`.
 
     Slot 'agent:metric' becomes `<prefix>metric{agent="agent"}`; counters get
     `_total`, heartbeats `_age_seconds` (a gauge), histograms cumulative
     `_bucket{le=...}` lines ending in +Inf, then `_sum` and `_count`. Records
     are not metrics and are left out. Samples of one name are grouped under
-    one `# TYPE` line; a sample whose name another family already uses with
-    another type is left out with a comment, rather than emitted mistyped.
+    one family; a sample whose name another family already uses with
+    another type is left out (with a comment in the text format), rather than
+    emitted mistyped. `help` maps a slot's metric part ('restarts') to its HELP
+    text; other families get a generic one. OpenMetrics names a counter family
+    without its `_total` and ends with `# EOF`.
     """
-    families: dict[str, tuple[str, list[str]]] = {}
+    help = help or {}
+    families: dict[str, tuple[str, str, list[str]]] = {}
     skipped: list[str] = []
 
-    def family(name: str, kind: str, slot: str) -> list[str] | None:
-        have = families.setdefault(name, (kind, []))
+    def family(name: str, kind: str, slot: str, metric: str, slot_kind: int) -> list[str] | None:
+        text = help.get(metric) or _DEFAULT_HELP[slot_kind].format(metric=metric)
+        have = families.setdefault(name, (kind, text, []))
         if have[0] != kind:
             skipped.append(f"# outpost: skipped {slot!r}: {name} is already a {have[0]}")
             return None
-        return have[1]
+        return have[2]
 
     for r in read_slots(segment):
         if r.value is None or r.kind not in (COUNTER, GAUGE, HEARTBEAT, HISTOGRAM):
@@ -138,17 +165,17 @@ def prometheus_text(segment: Segment, prefix: str = "outpost_") -> str:
         base = prefix + _PROM_BAD.sub("_", metric)
         if r.kind == COUNTER:
             name = base if base.endswith("_total") else base + "_total"
-            if (lines := family(name, "counter", r.name)) is not None:
+            if (lines := family(name, "counter", r.name, metric, r.kind)) is not None:
                 lines.append(f"{name}{_labels(labels)} {r.value}")
         elif r.kind == GAUGE:
-            if (lines := family(base, "gauge", r.name)) is not None:
+            if (lines := family(base, "gauge", r.name, metric, r.kind)) is not None:
                 lines.append(f"{base}{_labels(labels)} {_fmt(r.value)}")
         elif r.kind == HEARTBEAT:
             name = base + "_age_seconds"
-            if (lines := family(name, "gauge", r.name)) is not None:
+            if (lines := family(name, "gauge", r.name, metric, r.kind)) is not None:
                 lines.append(f"{name}{_labels(labels)} {_fmt(r.value)}")
         else:
-            if (lines := family(base, "histogram", r.name)) is None:
+            if (lines := family(base, "histogram", r.name, metric, r.kind)) is None:
                 continue
             cumulative = 0
             for bound, count in zip([*r.value["bounds"], math.inf], r.value["buckets"],
@@ -159,8 +186,14 @@ def prometheus_text(segment: Segment, prefix: str = "outpost_") -> str:
             lines.append(f"{base}_sum{_labels(labels)} {_fmt(r.value['sum'])}")
             lines.append(f"{base}_count{_labels(labels)} {r.value['count']}")
     out = []
-    for name, (kind, lines) in families.items():
+    for name, (kind, text, lines) in families.items():
+        if openmetrics and kind == "counter":
+            name = name.removesuffix("_total")
+        out.append(f"# HELP {name} {_help_text(text)}")
         out.append(f"# TYPE {name} {kind}")
         out.extend(lines)
-    out.extend(skipped)
+    if openmetrics:  # OpenMetrics allows no other comments
+        out.append("# EOF")
+    else:
+        out.extend(skipped)
     return "\n".join(out) + ("\n" if out else "")

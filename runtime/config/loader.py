@@ -16,6 +16,7 @@ from runtime.config.schema import (
     Config,
     ConfigError,
     GroupSpec,
+    HttpSection,
     MaintainSection,
     keys_of,
     required_keys,
@@ -52,7 +53,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     for key in raw:
         if key not in TOP_SECTIONS:
             raise fail(key, "unknown section; expected one of " + ", ".join(TOP_SECTIONS))
-    rt, store, shm, control, maintain, supervisor = (
+    rt, store, shm, control, maintain, supervisor, http = (
         _section(raw, name, cls, fail) for name, cls in SECTIONS.items())
     if store.map_size_max < store.map_size:
         raise fail("store.map_size_max", f"must be >= store.map_size ({store.map_size})")
@@ -78,12 +79,32 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         groups=groups,
         supervisor=supervisor,
         maintain=_absolute_paths(maintain, base),
+        http=_http(http, base, fail),
     )
 
 
 def _absolute_paths(maintain: MaintainSection, base: Path) -> MaintainSection:
     return dataclasses.replace(maintain, archive_dir=(base / maintain.archive_dir).resolve(),
                                logs_dir=(base / maintain.logs_dir).resolve())
+
+
+def _http(http: HttpSection, base: Path, fail) -> HttpSection:
+    """[http] with absolute paths; a listen reachable from other hosts needs a token."""
+    token = None if http.auth_token_file is None else (base / http.auth_token_file).resolve()
+    address = http.address
+    if address.path is not None:
+        path = (base / address.path).resolve()
+        if len(os.fsencode(path)) > _SOCKET_PATH_MAX:
+            raise fail("http.listen", f"too long for a Unix socket path ({path}); use a path "
+                       f"of at most {_SOCKET_PATH_MAX} bytes")
+        http = dataclasses.replace(http, listen=f"unix:{path}")
+    elif http.enabled and token is None and not address.local:
+        raise fail("http.auth_token_file", f"required: listen = {http.listen!r} is reachable "
+                   "from other hosts, so the console needs a token; put a random one in a "
+                   "file only outpost's user can read (e.g. `head -c 32 /dev/urandom | "
+                   "base64 > http.token && chmod 600 http.token`) and set auth_token_file, or "
+                   "listen on loopback ('127.0.0.1:9477') or a Unix socket")
+    return dataclasses.replace(http, auth_token_file=token)
 
 
 def _tables(raw: dict, name: str, fail) -> list[tuple[str, dict]]:
@@ -128,6 +149,9 @@ def _agents_and_groups(raw: dict, path: Path, fail) \
             raise fail(f"{where}.name", f"duplicate agent name {name!r}")
         if name in group_names:
             raise fail(f"{where}.name", f"{name!r} is already a group name")
+        if name == "outpost":  # shm.exposition.RUNTIME_OWNER: the runtime's own slots
+            raise fail(f"{where}.name", "'outpost' is reserved for the runtime's own metrics; "
+                       "choose another agent name")
         wheres[name] = where
         kind = values.get("kind", AgentSpec.kind)
         if kind == "exec":
