@@ -23,12 +23,14 @@ from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec, Config
 from runtime.control import ControlServer
 from runtime.events import EventLog
+from runtime.http.ports import handlers_call
 from runtime.maintain.disk import DiskGuard
 from runtime.maintain.online import register as register_maintenance
 from runtime.methods import control_methods
 from runtime.store import StateBook, Store, StoreOptions, open_store
 from runtime.supervisor import RootGaveUp, Supervisor
 from runtime.supervisor.template import Template, TemplateClient
+from runtime.telemetry import HELP, Telemetry
 from shm import Segment
 from shm.metrics import heartbeat_age
 
@@ -138,6 +140,11 @@ async def run_runtime(config: Config, template: Template | None = None) -> None:
 
 async def _serve(rt: Runtime) -> None:
     config = rt.config
+    call = handlers_call(control_methods(rt))  # at merge: Methods.call with Caller("http")
+    http = None
+    if config.http.enabled:  # built before anything starts: a bad token file refuses
+        from runtime.http.serve import HttpFace  # hypercorn is loaded only when it serves
+        http = HttpFace(config.http, call, rt.segment, metrics_help=HELP)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             nursery.start_soon(_on_signal, signals, rt.shutdown_requested)
@@ -151,6 +158,10 @@ async def _serve(rt: Runtime) -> None:
             server = rt.control = ControlServer(config.socket_path, control_methods(rt),
                                                 config.allowed_uids, config.allowed_gids)
             await nursery.start(server.serve)
+            await nursery.start(Telemetry(rt.segment, rt.store, rt.events, rt.disk_guard,
+                                          call).run)
+            if http is not None:
+                await nursery.start(http.run)
             log.info("outpost %s running: %d agent(s), control socket %s", __version__,
                      len(config.agents), config.socket_path)
             await rt.shutdown_requested.wait()
