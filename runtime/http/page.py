@@ -103,6 +103,14 @@ class AgentsPane:
         return agents_table(plain((await call("status", {}))["agents"]), self.read_only)
 
 
+def _started(info: Mapping[str, Any]) -> str:
+    uptime = info.get("uptime_s")
+    if uptime is None:
+        return NONE
+    started = datetime.datetime.now() - datetime.timedelta(seconds=float(uptime))
+    return started.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _when(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
 
@@ -149,7 +157,7 @@ def render(info: Mapping[str, Any], panes: Sequence[tuple[str, str, str]],
 <body data-read-only="{'true' if read_only else 'false'}">
 <header>
 <h1>outpost <small>{esc(info.get("version", ""))}</small></h1>
-<p class="meta">pid {esc(info.get("pid"))} · up {esc(duration(info.get("uptime_s")))} ·
+<p class="meta">pid {esc(info.get("pid"))} · started {esc(_started(info))} ·
 {esc(mode)} · <span id="live" class="live off">static page</span></p>
 </header>
 <main>

@@ -222,7 +222,8 @@
           cursor: { show: false }, legend: { show: false }, select: { show: false },
           axes: [{ show: false }, { show: false }],
           scales: { x: { time: true } },
-          series: [{}, { stroke: accent.trim() || "#0969da", width: 1.5 }],
+          series: [{}, { stroke: accent.trim() || "#0969da", width: 1.5,
+                         points: { show: false } }],
         }, [h.t, h.v], $("div", box));
         p = plots[name] = { plot, box, value, metric: chosen };
       }
