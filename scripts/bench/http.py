@@ -34,7 +34,6 @@ import argparse  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -48,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
+from scripts.bench.control import machine  # noqa: E402
 from tests.http.client import console_url  # noqa: E402
 from tests.runtime_proc import RuntimeProc, wait_for, write_config  # noqa: E402
 
@@ -212,17 +212,6 @@ def idle_cost(tmp: Path, enabled: bool, seconds: float) -> dict[str, float]:
                 "uss_bytes": memory.uss}
     finally:
         rt.terminate()
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version()}
 
 
 def main() -> int:

@@ -6,8 +6,11 @@ import base64
 import http.client
 import re
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.runtime_proc import RuntimeProc, wait_for, write_config
 
 
 @dataclass
@@ -71,3 +74,17 @@ def token_file(directory: Path, token: str = TOKEN) -> Path:
     path.write_text(token + "\n")
     path.chmod(0o600)
     return path
+
+
+def start_with_console(start_runtime: Callable[..., RuntimeProc], directory: Path,
+                       agents: str, wait: Sequence[str],
+                       http: str = '[http]\nlisten = "127.0.0.1:0"\n',
+                       command: list[str] | None = None,
+                       timeout: float = 20.0) -> tuple[RuntimeProc, str]:
+    """Start `outpost run` (the `start_runtime` fixture), wait for the agents in `wait`
+    and for the console; returns the runtime and the console's base URL."""
+    rt = start_runtime(write_config(directory, agents, http), command)
+    for name in wait:
+        rt.wait_running(name, timeout=timeout)
+    url = wait_for(lambda: console_url(rt.log()), timeout, "the console's address in the log")
+    return rt, url.replace("0.0.0.0", "127.0.0.1")  # noqa: S104 - reach a wildcard listen

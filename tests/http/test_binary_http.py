@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from runtime.http.app import STATIC_DIR
-from tests.http.client import console_url, request
-from tests.runtime_proc import FIXTURE_AGENTS, agent_block, wait_for, write_config
+from tests.http.client import request, start_with_console
+from tests.runtime_proc import FIXTURE_AGENTS, agent_block
 
 pytestmark = pytest.mark.binary
 
@@ -16,10 +16,8 @@ pytestmark = pytest.mark.binary
 def test_the_binary_serves_the_console_and_its_assets(binary: Path, tmp_path: Path,
                                                       start_runtime) -> None:
     agents = agent_block("ctl", f"{FIXTURE_AGENTS / 'controlled.py'}:run", kind="process")
-    rt = start_runtime(write_config(tmp_path, agents, '[http]\nlisten = "127.0.0.1:0"\n'),
-                       [str(binary)])
-    rt.wait_running("ctl", timeout=60)
-    url = wait_for(lambda: console_url(rt.log()), timeout=60, what="the console's address")
+    _, url = start_with_console(start_runtime, tmp_path, agents, ["ctl"],
+                                command=[str(binary)], timeout=60)
     assert '<tr data-agent="ctl"' in request(url, "/").text
     for name in ("uplot.min.js", "uplot.min.css", "uplot.LICENSE", "console.js", "console.css"):
         served = request(url, f"/static/{name}")

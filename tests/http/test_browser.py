@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.http.client import console_url
-from tests.runtime_proc import FIXTURE_AGENTS, agent_block, wait_for, write_config
+from tests.http.client import start_with_console
+from tests.runtime_proc import FIXTURE_AGENTS, agent_block
 
 CHROMIUM, DRIVER = "chromium", "chromedriver"
 CONTROLLED = f"{FIXTURE_AGENTS / 'controlled.py'}:run"
+NAMES = ("sensor", "uplink", "modbus")
 AGENTS = (agent_block("sensor", CONTROLLED) + agent_block("uplink", CONTROLLED, kind="process")
           + agent_block("modbus", CONTROLLED, kind="process"))
 
@@ -108,10 +109,7 @@ def test_the_console_is_live_in_a_real_browser(tmp_path: Path, start_runtime,
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    rt = start_runtime(write_config(tmp_path, AGENTS, '[http]\nlisten = "127.0.0.1:0"\n'))
-    for name in ("sensor", "uplink", "modbus"):
-        rt.wait_running(name)
-    url = wait_for(lambda: console_url(rt.log()), what="the console's address")
+    rt, url = start_with_console(start_runtime, tmp_path, AGENTS, NAMES)
 
     driver = open_browser()
     driver.get(url + "/")
@@ -165,10 +163,7 @@ def test_without_javascript_the_page_is_a_plain_table(tmp_path: Path, start_runt
                                                       open_browser) -> None:
     from selenium.webdriver.common.by import By
 
-    rt = start_runtime(write_config(tmp_path, AGENTS, '[http]\nlisten = "127.0.0.1:0"\n'))
-    for name in ("sensor", "uplink", "modbus"):
-        rt.wait_running(name)
-    url = wait_for(lambda: console_url(rt.log()), what="the console's address")
+    _, url = start_with_console(start_runtime, tmp_path, AGENTS, NAMES)
     driver = open_browser(javascript=False)
     driver.get(url + "/?agent=modbus")
     rows = driver.find_elements(By.CSS_SELECTOR, "table.agents tbody tr[data-agent]")

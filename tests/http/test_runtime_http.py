@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.http.metrics import metrics_textfile
 from runtime.telemetry import HELP
-from tests.http.client import TOKEN, console_url, request, token_file
+from tests.http.client import TOKEN, request, start_with_console, token_file
 from tests.runtime_proc import (
     FIXTURE_AGENTS,
     ROOT,
@@ -34,11 +34,7 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 def started(start_runtime, tmp_path: Path, agents: str = AGENTS, http: str = HTTP,
             wait: tuple[str, ...] = ("ctl", "proc")) -> tuple[RuntimeProc, str]:
-    rt = start_runtime(write_config(tmp_path, agents, http))
-    for name in wait:
-        rt.wait_running(name)
-    url = wait_for(lambda: console_url(rt.log()), what="the console's address in the log")
-    return rt, url.replace("0.0.0.0", "127.0.0.1")  # noqa: S104 - reach a wildcard listen
+    return start_with_console(start_runtime, tmp_path, agents, wait, http)
 
 
 def test_metrics_parse_and_match_outpost_metrics(tmp_path: Path, start_runtime) -> None:
