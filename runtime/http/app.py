@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import time
@@ -39,7 +40,6 @@ STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; char
                 "": "text/plain; charset=utf-8"}
 HANDLER_TIMEOUT_S = 30.0
 ACTIONS = ("start", "stop", "restart")
-_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 _METHOD_STATUS = {"bad_params": 400, "not_found": 404, "forbidden": 403, "lagged": 409,
                   "failed": 409, "busy": 409, "not_available": 503, "unknown_method": 501}
 SECURITY_HEADERS = [
@@ -340,7 +340,12 @@ def _not_allowed(allow: str) -> Response:
 def _local_host(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     name = name.strip("[]").lower()
-    return name in _LOCAL_HOSTS or name.startswith("127.")
+    if name == "localhost":
+        return True
+    try:  # an IP literal, never a name: "127.evil.example" can resolve to anything
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _request(scope: dict) -> Request:

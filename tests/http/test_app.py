@@ -197,8 +197,10 @@ async def test_a_token_is_required_and_compared_whole(methods: Methods, segment,
 async def test_without_a_token_only_loopback_host_names_are_served(methods: Methods,
                                                                    segment) -> None:
     async with serving(methods, segment) as face:
-        rebound = await get(face, "/api/status", headers={"Host": "evil.example:9477"})
-        assert rebound.status == 421
+        for host in ("evil.example:9477", "127.evil.example", "localhost.evil.example",
+                     "[::2]:80", ""):
+            rebound = await get(face, "/api/status", headers={"Host": host})
+            assert rebound.status == 421, host
         for host in ("localhost:9477", "127.0.0.1", "[::1]:8080"):
             assert (await get(face, "/healthz", headers={"Host": host})).status == 200, host
 
