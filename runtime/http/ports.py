@@ -44,16 +44,3 @@ def plain(value: Any) -> Any:
         return None
     return value
 
-
-def handlers_call(handlers: Mapping[str, Callable[[dict[str, Any]], Awaitable[Any]]]) -> Call:
-    """A `Call` over a plain handler table (today's `control_methods(rt)`); at merge the
-    composition root passes `functools.partial(methods.call, caller=Caller("http"))`."""
-    from runtime.control import MethodError
-
-    async def call(method: str, params: Mapping[str, Any] | None = None) -> Any:
-        handler = handlers.get(method)
-        if handler is None:
-            raise MethodError("unknown_method", f"no control method {method!r}")
-        return await handler(dict(params or {}))
-
-    return call

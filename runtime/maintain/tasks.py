@@ -19,6 +19,7 @@ from runtime.config import Config
 from runtime.events import EventLog
 from runtime.maintain import copy, disk
 from runtime.maintain.archive import archive_events
+from runtime.maintain.catalog import OFFLINE_ONLY  # noqa: F401 - online.py takes it from here
 from runtime.maintain.report import MaintainError, TaskResult
 from runtime.maintain.verify import STATE_STREAM, Progress, verify
 from runtime.store import StateBook, Store
@@ -144,9 +145,6 @@ TASKS: dict[str, Callable[..., Awaitable[TaskResult]]] = {
     "backup": task_backup,
     "disk": task_disk,
 }
-TAKES_ARG = {"backup", "restore"}
-OFFLINE_ONLY = {"restore"}
-ROUTINE = ("checkpoint", "prune", "archive", "disk")
 
 
 async def run_task(m: Maintenance, name: str, arg: str | None = None) -> TaskResult:

@@ -17,7 +17,8 @@ import pytest
 import trio
 
 from runtime.config.schema import HttpSection
-from runtime.control import MethodError, Stream, Table
+from runtime.control import MethodError, Table
+from runtime.control.dispatch import Stream
 from runtime.http.serve import HttpFace, Limits, read_token
 from shm import Counter, Gauge, Segment
 from tests.http.client import TOKEN, Reply, request, token_file
