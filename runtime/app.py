@@ -24,6 +24,7 @@ import trio
 
 from runtime import __version__
 from runtime.agents import AgentContext, state_stream
+from runtime.agents.directory import AgentDirectory
 from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec, Config
 from runtime.control.dispatch import Caller, Methods
@@ -68,12 +69,12 @@ class Runtime:
         # Supervision: process/exec agents are forked by the template (started before trio).
         self.template = None if template is None else TemplateClient(template)
         self.gave_up: str | None = None
-        self.mailboxes = Mailboxes(store, book, known=lambda name: self.supervisor.find(name)
-                                   is not None, on_send=self._count_send)
+        self.agents = AgentDirectory()  # the supervisor keeps it current; mailboxes read it
+        self.mailboxes = Mailboxes(store, book, self.agents, on_send=self._count_send)
         self.supervisor = Supervisor(
             config.agents, self.make_context, self.heartbeat_age, self.events.emit,
             groups=config.groups, root=config.supervisor, template=self.template,
-            segment=segment, book=book, mailboxes=self.mailboxes,
+            segment=segment, book=book, mailboxes=self.mailboxes, directory=self.agents,
             log_dir=config.maintain.logs_dir,
             data_dir=config.data_dir, log_level=config.log_level,
             on_root_give_up=self._root_gave_up)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import trio
 
 from runtime.agents import state_stream
-from runtime.agents.mailbox import Mailboxes
+from runtime.agents.mailbox import MailboxError, Mailboxes
 from runtime.config import Config, ConfigError, load_config
 from runtime.control.dispatch import Handler, Stream
 from runtime.control.errors import MethodError
@@ -181,10 +181,8 @@ def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
         name = known(params["agent"])
         try:
             seq = await mailboxes.send(name, params["message"], key=params["key"])
-        # TODO(mailbox): catch runtime.agents.mailbox.MailboxError once the mailboxes raise
-        # it; today an unknown recipient is UnknownAgentError, a too-large message StoreError.
-        except UnknownAgentError:
-            raise MethodError("not_found", f"agent {name!r} has no mailbox") from None
+        except MailboxError as exc:  # e.g. the agent was removed by a reload meanwhile
+            raise MethodError("not_found", str(exc)) from None
         except StoreError as exc:
             raise MethodError("failed", str(exc)) from None
         return {"agent": name, "seq": seq}
