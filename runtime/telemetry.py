@@ -106,12 +106,8 @@ class Telemetry:
 
     def __init__(self, segment: Segment, store: Store, events: EventLog,
                  disk_guard: DiskGuard | None, call: Call, interval_s: float = 1.0) -> None:
-        self.segment = segment
-        self.store = store
-        self.events = events
-        self.disk_guard = disk_guard
-        self.call = call
-        self.interval_s = interval_s
+        self.segment, self.store, self.events = segment, store, events
+        self.disk_guard, self.call, self.interval_s = disk_guard, call, interval_s
         self._gauges: dict[str, Gauge | None] = {}
         self._counters: dict[str, Counter | None] = {}
         self._counted: dict[str, int] = {}  # counter name -> value already added
