@@ -13,6 +13,7 @@ the store, removes the socket and the segment.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from runtime.agents import AgentContext, state_stream
 from runtime.agents.directory import AgentDirectory
 from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec, Config
-from runtime.control.dispatch import Methods
+from runtime.control.dispatch import Caller, Methods
 from runtime.control.server import ControlServer
 from runtime.events import EventLog
 from runtime.maintain.disk import DiskGuard
@@ -35,6 +36,7 @@ from runtime.methods import control_methods
 from runtime.store import StateBook, Store, StoreOptions, open_store
 from runtime.supervisor import RootGaveUp, Supervisor
 from runtime.supervisor.template import Template, TemplateClient
+from runtime.telemetry import HELP, Telemetry
 from shm import Segment
 from shm.metrics import heartbeat_age
 
@@ -166,6 +168,11 @@ async def run_runtime(config: Config, template: Template | None = None, *,
 
 async def _serve(rt: Runtime, task_status: trio.TaskStatus[Runtime]) -> None:
     config = rt.config
+    http = None
+    if config.http.enabled:  # built before anything starts: a bad token file refuses
+        from runtime.http.serve import HttpFace  # hypercorn is loaded only when it serves
+        http = HttpFace(config.http, functools.partial(rt.methods.call, caller=Caller("http")),
+                        rt.segment, metrics_help=HELP)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             nursery.start_soon(_on_signal, signals, rt.shutdown_requested)
@@ -177,6 +184,10 @@ async def _serve(rt: Runtime, task_status: trio.TaskStatus[Runtime]) -> None:
                 await nursery.start(rt.template.run)
             await nursery.start(rt.supervisor.run)
             await nursery.start(rt.control.serve)
+            await nursery.start(Telemetry(rt.segment, rt.store, rt.events, rt.disk_guard,
+                                          rt.methods.call).run)
+            if http is not None:
+                await nursery.start(http.run)
             log.info("outpost %s running: %d agent(s), control socket %s", __version__,
                      len(config.agents), config.socket_path)
             task_status.started(rt)

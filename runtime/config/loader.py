@@ -17,6 +17,7 @@ from runtime.config.schema import (
     Config,
     ConfigError,
     GroupSpec,
+    HttpSection,
     MaintainSection,
     UplinkSection,
     keys_of,
@@ -54,7 +55,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     for key in raw:
         if key not in TOP_SECTIONS:
             raise fail(key, "unknown section; expected one of " + ", ".join(TOP_SECTIONS))
-    rt, store, shm, control, maintain, supervisor = (
+    rt, store, shm, control, maintain, supervisor, http = (
         _section(raw, name, cls, fail) for name, cls in SECTIONS.items())
     if store.map_size_max < store.map_size:
         raise fail("store.map_size_max", f"must be >= store.map_size ({store.map_size})")
@@ -82,6 +83,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         supervisor=supervisor,
         maintain=_absolute_paths(maintain, base),
         uplink=uplink,
+        http=_http(http, base, fail),
     )
 
 
@@ -125,6 +127,23 @@ def _uplink(raw: dict, base: Path, fail) -> UplinkSection:
             raise fail("uplink.send.state_of", f"no agent named {name!r}")
     return dataclasses.replace(up, host_id=host_id, tls=tls, creds_file=absolute(up.creds_file),
                                nkey_file=absolute(up.nkey_file))
+def _http(http: HttpSection, base: Path, fail) -> HttpSection:
+    """[http] with absolute paths; a listen reachable from other hosts needs a token."""
+    token = None if http.auth_token_file is None else (base / http.auth_token_file).resolve()
+    address = http.address
+    if address.path is not None:
+        path = (base / address.path).resolve()
+        if len(os.fsencode(path)) > _SOCKET_PATH_MAX:
+            raise fail("http.listen", f"too long for a Unix socket path ({path}); use a path "
+                       f"of at most {_SOCKET_PATH_MAX} bytes")
+        http = dataclasses.replace(http, listen=f"unix:{path}")
+    elif http.enabled and token is None and not address.local:
+        raise fail("http.auth_token_file", f"required: listen = {http.listen!r} is reachable "
+                   "from other hosts, so the console needs a token; put a random one in a "
+                   "file only outpost's user can read (e.g. `head -c 32 /dev/urandom | "
+                   "base64 > http.token && chmod 600 http.token`) and set auth_token_file, or "
+                   "listen on loopback ('127.0.0.1:9477') or a Unix socket")
+    return dataclasses.replace(http, auth_token_file=token)
 
 
 def _tables(raw: dict, name: str, fail) -> list[tuple[str, dict]]:
@@ -169,6 +188,9 @@ def _agents_and_groups(raw: dict, path: Path, fail) \
             raise fail(f"{where}.name", f"duplicate agent name {name!r}")
         if name in group_names:
             raise fail(f"{where}.name", f"{name!r} is already a group name")
+        if name == "outpost":  # shm.exposition.RUNTIME_OWNER: the runtime's own slots
+            raise fail(f"{where}.name", "'outpost' is reserved for the runtime's own metrics; "
+                       "choose another agent name")
         wheres[name] = where
         kind = values.get("kind", AgentSpec.kind)
         if kind == "exec":

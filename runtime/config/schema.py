@@ -6,11 +6,12 @@ the key and what was expected, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ConfigError(Exception):
@@ -135,6 +136,61 @@ AT_LEAST_ONE = _typed(int, float, expected="a number >= 1", check=lambda v: v >=
 OPTIONAL_SIZE = (lambda v: 0 if v == 0 else _size(v), SIZE[1] + " (0 = off)")
 
 
+BOOL = _typed(bool, expected="true or false")
+
+
+class Listen(NamedTuple):
+    """Where the HTTP face listens: a TCP host and port, or a Unix socket path."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    @property
+    def local(self) -> bool:
+        """Reachable only from this host (loopback or a Unix socket): no token required."""
+        if self.path is not None:
+            return True
+        return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> Listen:
+    """'127.0.0.1:9477', '[::1]:9477', 'localhost:9477', or a Unix socket path
+    ('unix:/run/outpost/http.sock' or any value with a '/'). ValueError if neither."""
+    if value.startswith("unix:") or "/" in value:
+        path = value.removeprefix("unix:")
+        if not path.strip():
+            raise ValueError
+        return Listen(path=path)
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ipaddress.ip_address(host).version != 6:
+            raise ValueError
+    elif host != "localhost":
+        ipaddress.IPv4Address(host)
+    return Listen(host, int(port))
+
+
+def _listen(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    parse_listen(value)
+    return value
+
+
+LISTEN = (_listen, "an address to listen on: 'IP:port' (e.g. '127.0.0.1:9477', '[::1]:9477', "
+          "'0.0.0.0:9477'; port 0 picks a free one) or a Unix socket path "
+          "('unix:/run/outpost/http.sock')")
+
+
 # -- sections -------------------------------------------------------------------------
 # Each section is a frozen dataclass whose fields are its keys (see `key`): type check,
 # message and default in one place. Sizes are bytes, durations seconds, 0 = off.
@@ -206,6 +262,24 @@ class MaintainSection:
     disk_budget: int = key(SIZE, 1 << 30)
     disk_critical_factor: float = key(AT_LEAST_ONE, 1.25)
     disk_check_interval_s: float = key(_positive(), 30.0)
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    """[http]: the local web console, health probes and the Prometheus endpoint.
+
+    Anywhere but loopback or a Unix socket, `auth_token_file` is required (the loader
+    refuses the config otherwise). Paths are absolute once loaded.
+    """
+
+    enabled: bool = key(BOOL, True)
+    listen: str = key(LISTEN, "127.0.0.1:9477")
+    auth_token_file: Path | None = key(PATH, None)
+    read_only: bool = key(BOOL, True)  # false: the console may start/stop/restart agents
+
+    @property
+    def address(self) -> Listen:
+        return parse_listen(self.listen)
 
 
 @dataclass(frozen=True)
@@ -375,6 +449,7 @@ class UplinkSection:
 SECTIONS: dict[str, type] = {
     "runtime": RuntimeSection, "store": StoreSection, "shm": ShmSection,
     "control": ControlSection, "maintain": MaintainSection, "supervisor": SupervisorSection,
+    "http": HttpSection,
 }
 ARRAYS: dict[str, type] = {"groups": GroupSpec, "agents": AgentSpec}
 OPTIONAL_SECTIONS: dict[str, type] = {"uplink": UplinkSection}  # absent = feature off
@@ -399,6 +474,7 @@ class Config:
     supervisor: SupervisorSection = field(default_factory=SupervisorSection)
     maintain: MaintainSection = field(default_factory=MaintainSection)
     uplink: UplinkSection | None = None
+    http: HttpSection = field(default_factory=HttpSection)
 
     @property
     def socket_path(self) -> Path:
