@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.http.metrics import metrics_textfile
+from runtime.maintain.textfile import metrics_textfile
 from runtime.telemetry import HELP
 from tests.http.client import TOKEN, request, start_with_console, token_file
 from tests.runtime_proc import (

@@ -10,13 +10,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.http.metrics import (
-    metrics_textfile,
-    task_metrics_textfile,
-    wants_openmetrics,
-    write_textfile,
-)
+from runtime.http.metrics import wants_openmetrics
 from runtime.maintain.report import MaintainError
+from runtime.maintain.textfile import metrics_textfile, task_metrics_textfile, write_textfile
 from shm import Counter, Gauge, Segment, SegmentNotLiveError
 from tests.store.conftest import small_fs  # noqa: F401 - the fixture
 
