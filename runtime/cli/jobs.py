@@ -1,9 +1,5 @@
 """`outpost jobs`: each job's schedule, next run, last result, running runs;
-`jobs run NAME` (now, honouring its concurrency) and `jobs history NAME`.
-
-Import-light (no trio, no lmdb): the client and the CLI's helpers are imported
-when a command runs.
-"""
+`jobs run NAME` (now, honouring its concurrency) and `jobs history NAME`."""
 
 from __future__ import annotations
 
@@ -11,22 +7,24 @@ import argparse
 import time
 from typing import Any
 
-from runtime.cli.rules import ClientParser, _cli, client_parser, when
+from runtime.cli.common import CliError, Subcommands, call, client_parser, emit
+from runtime.cli.format import duration, table
+from runtime.cli.rules import when
+from runtime.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
-def add_parsers(sub: argparse._SubParsersAction, client: ClientParser | None = None) -> None:
-    """Add `jobs`, `jobs run NAME` and `jobs history NAME` to the CLI."""
-    client = client or client_parser(sub)
-    jobs = client("jobs", "scheduled jobs: next run, last result (run, history)")
+def add_parsers(sub: Subcommands) -> None:
+    """Add `jobs`, `jobs run NAME` and `jobs history NAME`."""
+    jobs = client_parser(sub, "jobs", "scheduled jobs: next run, last result (run, history)")
     jobs.set_defaults(func=cmd_jobs)
     actions = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
-    run = client("run", "run a job now (refused while it runs if its concurrency is "
-                 "forbid)", actions)
+    run = client_parser(actions, "run", "run a job now (refused while it runs if its "
+                        "concurrency is forbid)")
     run.add_argument("job")
     run.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 "
                      "if it did not succeed")
     run.set_defaults(func=cmd_jobs_run)
-    history = client("history", "a job's recent runs from the durable history", actions)
+    history = client_parser(actions, "history", "a job's recent runs from the durable history")
     history.add_argument("job")
     history.add_argument("-n", "--limit", type=int, default=20, help="runs (default 20)")
     history.set_defaults(func=cmd_jobs_history)
@@ -34,8 +32,6 @@ def add_parsers(sub: argparse._SubParsersAction, client: ClientParser | None = N
 
 def jobs_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
     """The human form of the `jobs` method's answer."""
-    from runtime.cli.format import table
-
     now = time.time() if now is None else now
     out = []
     for j in rows:
@@ -51,8 +47,7 @@ def jobs_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
 
 
 def history_table(runs: list[dict[str, Any]], now: float | None = None) -> str:
-    from runtime.cli.format import duration, table
-
+    """The human form of the `jobs.history` method's answer."""
     now = time.time() if now is None else now
     return table(["RUN", "BY", "STARTED", "LATE", "TOOK", "RESULT", "ERROR"], [
         [r.get("run") or "-", r.get("by") or r.get("reason") or "-",
@@ -64,19 +59,16 @@ def history_table(runs: list[dict[str, Any]], now: float | None = None) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    cli = _cli()
-    result = cli._call(args, "jobs")
-    cli._emit(args, result, jobs_table(result["jobs"]) if result["jobs"]
-              else "no jobs configured")
-    return cli.EXIT_OK
+    result = call(args, "jobs")
+    emit(args, result, jobs_table(result["jobs"]) if result["jobs"] else "no jobs configured")
+    return EXIT_OK
 
 
 def cmd_jobs_run(args: argparse.Namespace) -> int:
-    cli = _cli()
     params: dict[str, Any] = {"job": args.job}
     if args.wait:
         params["wait"] = True
-    result = cli._call(args, "jobs.run", **params)
+    result = call(args, "jobs.run", **params)
     human = f"job {args.job}: run {result['run']} started"
     if result.get("replaced"):
         human += f" (replacing run {', '.join(map(str, result['replaced']))})"
@@ -84,15 +76,14 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
     if end is not None:
         human = f"job {args.job}: run {result['run']} {end['result']}" + \
             (f": {end['error']}" if end.get("error") else "")
-    cli._emit(args, result, human)
-    return cli.EXIT_FAILED if end is not None and end["result"] != "ok" else cli.EXIT_OK
+    emit(args, result, human)
+    return EXIT_FAILED if end is not None and end["result"] != "ok" else EXIT_OK
 
 
 def cmd_jobs_history(args: argparse.Namespace) -> int:
-    cli = _cli()
     if args.limit < 1:
-        raise cli.CliError("outpost: --limit must be at least 1", cli.EXIT_USAGE)
-    result = cli._call(args, "jobs.history", job=args.job, limit=min(args.limit, 1000))
-    cli._emit(args, result, history_table(result["runs"]) if result["runs"]
-              else f"job {args.job} has not run yet")
-    return cli.EXIT_OK
+        raise CliError("outpost: --limit must be at least 1", EXIT_USAGE)
+    result = call(args, "jobs.history", job=args.job, limit=min(args.limit, 1000))
+    emit(args, result, history_table(result["runs"]) if result["runs"]
+         else f"job {args.job} has not run yet")
+    return EXIT_OK

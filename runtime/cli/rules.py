@@ -1,9 +1,8 @@
 """`outpost rules`: each rule's firings, last outcome and suspension; `rules test FILE`
 (which rules these events would fire); `rules resume NAME`.
 
-Import-light (no trio, no lmdb): the client and the CLI's helpers are imported
-when a command runs. `rules test` asks the running runtime; with none running it
-reads the config and decides offline, with the same code.
+`rules test` asks the running runtime; with none running it reads the config and
+decides offline, with the same code (runtime.rules.dryrun, imported only then).
 """
 
 from __future__ import annotations
@@ -12,51 +11,39 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ClientParser = Callable[..., argparse.ArgumentParser]
+from runtime.cli.common import (
+    DEFAULT_CONFIG,
+    CliError,
+    Subcommands,
+    call,
+    client_parser,
+    emit,
+)
+from runtime.cli.format import duration, table
+from runtime.exitcodes import EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
 
 
-def _cli() -> Any:
-    """The CLI's shared helpers (client calls, output, errors), when a command runs."""
-    from runtime.cli import main
-
-    return main
-
-
-def client_parser(sub: argparse._SubParsersAction) -> ClientParser:
-    """A parser factory adding --config/--socket/--json (the CLI's own, when it has one)."""
-    def client(name: str, help: str, parent: Any = sub) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help)
-        p.add_argument("--config", default=None, help="config file that names the runtime")
-        p.add_argument("--socket", default=None, help="control socket path")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        return p
-    return client
-
-
-def add_parsers(sub: argparse._SubParsersAction, client: ClientParser | None = None) -> None:
-    """Add `rules`, `rules test FILE` and `rules resume NAME` to the CLI."""
-    client = client or client_parser(sub)
-    rules = client("rules", "rules: firings, last outcome, suspended (test, resume)")
+def add_parsers(sub: Subcommands) -> None:
+    """Add `rules`, `rules test FILE` and `rules resume NAME`."""
+    rules = client_parser(sub, "rules", "rules: firings, last outcome, suspended "
+                          "(test, resume)")
     rules.set_defaults(func=cmd_rules)
     actions = rules.add_subparsers(dest="rules_command", metavar="ACTION")
-    test = client("test", "which rules the events in FILE would fire (acts on nothing)",
-                  actions)
+    test = client_parser(actions, "test", "which rules the events in FILE would fire "
+                         "(acts on nothing)")
     test.add_argument("file", help="events as JSON: a list, {\"events\": [...]} (what "
                       "`outpost events --json` prints) or one event per line; - for stdin")
     test.set_defaults(func=cmd_rules_test)
-    resume = client("resume", "lift a rule's suspension", actions)
+    resume = client_parser(actions, "resume", "lift a rule's suspension")
     resume.add_argument("rule")
     resume.set_defaults(func=cmd_rules_resume)
 
 
 def when(ts: float | None, now: float) -> str:
     """'in 3m12s' or '45s ago' ('-' for None)."""
-    from runtime.cli.format import duration
-
     if ts is None:
         return "-"
     return f"in {duration(ts - now)}" if ts > now else f"{duration(now - ts)} ago"
@@ -64,8 +51,6 @@ def when(ts: float | None, now: float) -> str:
 
 def rules_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
     """The human form of the `rules` method's answer."""
-    from runtime.cli.format import table
-
     now = time.time() if now is None else now
     out = []
     for r in rows:
@@ -81,11 +66,10 @@ def rules_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    cli = _cli()
-    result = cli._call(args, "rules")
-    cli._emit(args, result, rules_table(result["rules"]) if result["rules"]
-              else "no rules configured")
-    return cli.EXIT_OK
+    result = call(args, "rules")
+    emit(args, result, rules_table(result["rules"]) if result["rules"]
+         else "no rules configured")
+    return EXIT_OK
 
 
 def read_events(path: str) -> list[Any]:
@@ -116,23 +100,22 @@ def test_lines(result: dict[str, Any]) -> str:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    cli = _cli()
     try:
         events = read_events(args.file)
     except (OSError, ValueError) as exc:
-        raise cli.CliError(f"outpost: cannot read events from {args.file}: {exc}",
-                           cli.EXIT_USAGE) from None
+        raise CliError(f"outpost: cannot read events from {args.file}: {exc}",
+                       EXIT_USAGE) from None
     try:
-        result = cli._call(args, "rules.test", events=events)
-    except cli.CliError as exc:
-        if exc.code != cli.EXIT_NOT_RUNNING or args.socket:
+        result = call(args, "rules.test", events=events)
+    except CliError as exc:
+        if exc.code != EXIT_NOT_RUNNING or args.socket:
             raise
-        result = offline_test(args.config or cli.DEFAULT_CONFIG, events, cli)
-    cli._emit(args, result, test_lines(result))
-    return cli.EXIT_OK
+        result = offline_test(args.config or DEFAULT_CONFIG, events)
+    emit(args, result, test_lines(result))
+    return EXIT_OK
 
 
-def offline_test(config_path: str, events: list[Any], cli: Any) -> dict[str, Any]:
+def offline_test(config_path: str, events: list[Any]) -> dict[str, Any]:
     """The dry run without a runtime: the config's rules, decided here."""
     from runtime.config import load_config
     from runtime.rules.dryrun import EventFormatError, check_event, simulate
@@ -141,7 +124,7 @@ def offline_test(config_path: str, events: list[Any], cli: Any) -> dict[str, Any
     try:
         checked = [check_event(e, f"events[{i}]") for i, e in enumerate(events)]
     except EventFormatError as exc:
-        raise cli.CliError(f"outpost: {exc}", cli.EXIT_USAGE) from None
+        raise CliError(f"outpost: {exc}", EXIT_USAGE) from None
     print("outpost: no runtime running; deciding with the rules in " + str(config.path),
           file=sys.stderr)
     agents = [a.name for a in config.agents] + [g.name for g in config.groups]
@@ -149,8 +132,7 @@ def offline_test(config_path: str, events: list[Any], cli: Any) -> dict[str, Any
 
 
 def cmd_rules_resume(args: argparse.Namespace) -> int:
-    cli = _cli()
-    result = cli._call(args, "rules.resume", rule=args.rule)
-    cli._emit(args, result, f"rule {args.rule}: " + ("resumed" if result["was_suspended"]
-                                                     else "was not suspended"))
-    return cli.EXIT_OK
+    result = call(args, "rules.resume", rule=args.rule)
+    emit(args, result, f"rule {args.rule}: " + ("resumed" if result["was_suspended"]
+                                                else "was not suspended"))
+    return EXIT_OK

@@ -25,25 +25,26 @@ from typing import Any
 from cronsim import CronSim, CronSimError
 
 from runtime.config.schema import (
-    _NAME,
-    _NAME_CHECK,
     COMMAND,
     ENTRY,
     ENV,
+    NAME,
+    NAME_CHECK,
     PATH,
     SIZE,
     ConfigError,
-    _choice,
-    _int_range,
-    _typed,
+    choice,
+    int_range,
     key,
+    typed,
 )
 
 AUTONOMY_SECTIONS = ("rules", "jobs", "scheduler", "actions")
 
 # Maintenance tasks a rule or job may run online (runtime.maintain.tasks.TASKS, without
-# the ones that need an argument); tests/config/test_autonomy.py keeps them in step.
-MAINTAIN_TASKS = ("checkpoint", "prune", "compact", "archive", "verify", "disk")
+# backup, which needs a destination); tests/config/test_autonomy.py keeps them in step.
+MAINTAIN_TASKS = ("checkpoint", "prune", "compact", "archive", "verify", "disk",
+                  "metrics-textfile")
 SEVERITIES = ("info", "warning", "error", "critical")
 CONCURRENCY = ("forbid", "replace", "allow")
 MISSED = ("skip", "run_once")
@@ -238,38 +239,37 @@ def _event_types(value: Any) -> tuple[str, ...]:
 
 
 EVENT_TYPES = (_event_types, "an event type (e.g. \"exit\") or a list of them")
-AGENT_GLOB = _typed(str, expected="an agent name or a glob of names (e.g. \"worker-*\")",
+AGENT_GLOB = typed(str, expected="an agent name or a glob of names (e.g. \"worker-*\")",
                     check=lambda v: bool(_GLOB.match(v)))
-METRIC = _typed(str, expected="a shared-memory slot name \"agent:metric\"",
-                check=lambda v: v.count(":") >= 1 and bool(_NAME.match(v.split(":")[0]))
+METRIC = typed(str, expected="a shared-memory slot name \"agent:metric\"",
+                check=lambda v: v.count(":") >= 1 and bool(NAME.match(v.split(":")[0]))
                 and len(v) <= 100)
-NUMBER = _typed(int, float, expected="a number")
+NUMBER = typed(int, float, expected="a number")
 ANY = (lambda v: v, "any value")
-BOOL = _typed(bool, expected="true or false")
 
 
 @dataclass(frozen=True)
 class RuleSpec:
     """One [[rules]] entry: when (`on`, `agent`, `where`, count window) and what (`do`)."""
 
-    name: str = key(_NAME_CHECK)
+    name: str = key(NAME_CHECK)
     on: tuple[str, ...] = key(EVENT_TYPES)
     do: Action = key(ACTION)
     agent: str | None = key(AGENT_GLOB, None)  # a name or a glob; None: any agent (or none)
     where: tuple[Condition, ...] = key(CONDITIONS, ())
-    count: int = key(_int_range(1, 1_000_000), 1)  # matching events needed...
+    count: int = key(int_range(1, 1_000_000), 1)  # matching events needed...
     within: float = key(DURATION, 0.0)  # ...inside this window (needed when count > 1)
     message: Any = key(ANY, None)  # for `send AGENT`: the message (any TOML value)
     cooldown: float = key(DURATION, 0.0)  # at least this long between firings
-    max_firings: int = key(_int_range(1, 1_000_000), 10)  # at most this many firings...
+    max_firings: int = key(int_range(1, 1_000_000), 10)  # at most this many firings...
     max_firings_window: float = key(POSITIVE_DURATION, 3600.0)  # ...per this window
     timeout: float = key(POSITIVE_DURATION, 30.0)  # per attempt of the action
-    retries: int = key(_int_range(0, 100), 2)  # attempts after the first that failed
+    retries: int = key(int_range(0, 100), 2)  # attempts after the first that failed
     backoff: float = key(DURATION, 1.0)  # before the first retry; doubles per retry...
     backoff_max: float = key(DURATION, 30.0)  # ...up to this
-    suspend_after: int = key(_int_range(1, 1_000_000), 3)  # failed firings in a row
-    severity: str = key(_choice(SEVERITIES), "error")  # escalate: the event's severity
-    escalate: str = key(_choice(("event", "exit")), "event")  # exit: the runtime exits
+    suspend_after: int = key(int_range(1, 1_000_000), 3)  # failed firings in a row
+    severity: str = key(choice(SEVERITIES), "error")  # escalate: the event's severity
+    escalate: str = key(choice(("event", "exit")), "event")  # exit: the runtime exits
     # on = "metric": a threshold on a shared-memory slot, held for `for` seconds.
     metric: str | None = key(METRIC, None)
     above: float | None = key(NUMBER, None)
@@ -289,7 +289,7 @@ class ExecSpec:
     reaches the command only as environment variables: OUTPOST_EVENT, as JSON).
     """
 
-    name: str = key(_NAME_CHECK)
+    name: str = key(NAME_CHECK)
     command: tuple[str, ...] = key(COMMAND)
     env: tuple[tuple[str, str], ...] = key(ENV, ())
     cwd: str | None = key(PATH, None)
@@ -302,7 +302,7 @@ class ActionsSection:
     """[actions]: the commands rules may exec, and the exit code of `escalate = "exit"`."""
 
     # 70 (EX_SOFTWARE): a code systemd can be told about (RestartForceExitStatus=70).
-    exit_code: int = key(_int_range(1, 255), 70)
+    exit_code: int = key(int_range(1, 255), 70)
     exec: tuple[ExecSpec, ...] = ()
 
     def command(self, name: str) -> ExecSpec | None:
@@ -313,7 +313,7 @@ class ActionsSection:
 class SchedulerSection:
     """[scheduler]: the cap on jobs running at once (higher `priority` starts first)."""
 
-    max_concurrent: int = key(_int_range(1, 100_000), 8)
+    max_concurrent: int = key(int_range(1, 100_000), 8)
 
 
 @dataclass(frozen=True)
@@ -321,31 +321,31 @@ class JobSpec:
     """One [[jobs]] entry: when (`schedule` or `every`), what (`entry`, `command` or
     `maintain`), and how (timeout, retries, concurrency, missed runs)."""
 
-    name: str = key(_NAME_CHECK)
-    schedule: str | None = key(_typed(str, expected="a cron expression (5 fields, or 6 "
+    name: str = key(NAME_CHECK)
+    schedule: str | None = key(typed(str, expected="a cron expression (5 fields, or 6 "
                                       "with seconds first)"), None)
     every: float | None = key(POSITIVE_DURATION, None)
     jitter: float = key(DURATION, 0.0)  # a random delay up to this, per run
-    timezone: str | None = key(_typed(str, expected="an IANA zone name, e.g. "
+    timezone: str | None = key(typed(str, expected="an IANA zone name, e.g. "
                                       "\"Europe/Berlin\" or \"UTC\""), None)  # None: host's
     entry: str | None = key(ENTRY, None)  # async def run(ctx), like a task agent
     command: tuple[str, ...] = key(COMMAND, ())  # output goes to <logs_dir>/jobs/<name>.log
-    maintain: tuple[str, ...] = key(_typed(list, expected="a list of maintenance tasks: "
+    maintain: tuple[str, ...] = key(typed(list, expected="a list of maintenance tasks: "
                                            + ", ".join(MAINTAIN_TASKS),
                                            check=lambda v: bool(v) and all(
                                                t in MAINTAIN_TASKS for t in v)), ())
     env: tuple[tuple[str, str], ...] = key(ENV, ())
     cwd: str | None = key(PATH, None)
     timeout: float = key(DURATION, 3600.0)  # per attempt; 0 = none
-    retries: int = key(_int_range(0, 100), 0)
+    retries: int = key(int_range(0, 100), 0)
     backoff: float = key(DURATION, 10.0)  # before the first retry; doubles per retry...
     backoff_max: float = key(DURATION, 300.0)  # ...up to this
-    concurrency: str = key(_choice(CONCURRENCY), "forbid")
-    missed: str = key(_choice(MISSED), "skip")  # after downtime: skip, or catch up once
-    priority: int = key(_int_range(-1000, 1000), 0)
-    history_keep: int = key(_int_range(1, 100_000), 100)  # runs kept in the store
+    concurrency: str = key(choice(CONCURRENCY), "forbid")
+    missed: str = key(choice(MISSED), "skip")  # after downtime: skip, or catch up once
+    priority: int = key(int_range(-1000, 1000), 0)
+    history_keep: int = key(int_range(1, 100_000), 100)  # runs kept in the store
     log_max_bytes: int = key(SIZE, 1 << 20)
-    log_keep: int = key(_int_range(0, 100), 1)
+    log_keep: int = key(int_range(0, 100), 1)
 
     @property
     def kind(self) -> str:
@@ -432,7 +432,7 @@ def _named(tables_found: list[tuple[str, dict]], section: str) -> list[tuple[str
     out = []
     for where, table in tables_found:
         name = table.get("name")
-        out.append((f'{section}["{name}"]' if isinstance(name, str) and _NAME.match(name)
+        out.append((f'{section}["{name}"]' if isinstance(name, str) and NAME.match(name)
                     else where, table))
     return out
 
@@ -448,8 +448,8 @@ def _actions(raw: dict, fail: Fail, check: Check, path: Path) -> ActionsSection:
     specs = []
     for name, spec in commands.items():
         where = f"actions.exec.{name}"
-        if not _NAME.match(name):
-            raise fail(where, f"expected a command name: {_NAME_CHECK[1]}")
+        if not NAME.match(name):
+            raise fail(where, f"expected a command name: {NAME_CHECK[1]}")
         spec = spec if isinstance(spec, dict) else {"command": spec}  # the short form
         if "name" in spec:
             raise fail(f"{where}.name", "the table's name is the command's name; remove it")

@@ -32,10 +32,11 @@ import trio
 
 from runtime.agents.entry import EntryError, load_entry
 from runtime.config.autonomy import Autonomy, JobSpec
+from runtime.control.dispatch import Caller
 from runtime.jobs.command import command_env, run_command
 from runtime.jobs.history import JobHistory, Recovered
 from runtime.jobs.schedule import Schedule
-from runtime.rules.ports import CallerFactory, MethodsPort
+from runtime.rules.ports import MethodsPort
 from runtime.store import Store, StoreError
 from runtime.supervisor.procs import RotatingLog
 
@@ -165,7 +166,7 @@ class Scheduler:
     """
 
     def __init__(self, autonomy: Autonomy, *, store: Store, emit: Emit, methods: MethodsPort,
-                 make_context: MakeContext, logs_dir: Path, caller: CallerFactory,
+                 make_context: MakeContext, logs_dir: Path,
                  wall: Callable[[], float] = time.time,
                  rng: random.Random | None = None) -> None:
         self._history = JobHistory(store)
@@ -173,7 +174,6 @@ class Scheduler:
         self._methods = methods
         self._make_context = make_context
         self._logs_dir = logs_dir
-        self._caller = caller
         self._wall = wall
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._jobs: dict[str, JobState] = {}
@@ -372,7 +372,7 @@ class Scheduler:
                 tail = done.output.decode("utf-8", "replace").strip()[-300:]
                 raise JobFailed(done.describe() + (f"; output: {tail}" if tail else ""))
         else:
-            caller = self._caller("job", spec.name)
+            caller = Caller("job", spec.name)
             for task in spec.maintain:
                 answer = await self._methods.call("maintain", {"task": task}, caller=caller)
                 result = answer.get("result") if isinstance(answer, dict) else None

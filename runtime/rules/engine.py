@@ -30,10 +30,11 @@ from typing import Any
 import trio
 
 from runtime.config.autonomy import Action, ActionsSection, Autonomy, RuleSpec
+from runtime.control.dispatch import Caller
 from runtime.jobs.command import command_env, run_command
 from runtime.rules.index import RuleIndex
 from runtime.rules.metrics import Watch, sample_interval
-from runtime.rules.ports import CallerFactory, EventsPort, JobsPort, MethodsPort, MetricsPort
+from runtime.rules.ports import EventsPort, JobsPort, MethodsPort, MetricsPort
 from runtime.rules.state import FIRE, LIMIT_REACHED, RuleState
 
 log = logging.getLogger("outpost.rules")
@@ -53,7 +54,6 @@ class _Ports:
     methods: MethodsPort
     jobs: JobsPort | None
     metrics: MetricsPort | None
-    caller: CallerFactory
 
 
 class RuleEngine:
@@ -61,9 +61,9 @@ class RuleEngine:
 
     def __init__(self, autonomy: Autonomy, agents: Iterable[str], *, events: EventsPort,
                  methods: MethodsPort, jobs: JobsPort | None = None,
-                 metrics: MetricsPort | None = None, caller: CallerFactory,
+                 metrics: MetricsPort | None = None,
                  clock: Callable[[], float] = trio.current_time) -> None:
-        self._ports = _Ports(events, methods, jobs, metrics, caller)
+        self._ports = _Ports(events, methods, jobs, metrics)
         self._clock = clock
         self._states: dict[str, RuleState] = {}
         self._watches: dict[str, Watch] = {}
@@ -210,7 +210,7 @@ class RuleEngine:
         """Run the rule's action once; returns what action_ok reports (or None)."""
         action: Action = rule.do
         ports = self._ports
-        caller = ports.caller("rule", rule.name)
+        caller = Caller("rule", rule.name)
         verb = action.verb
         if verb in _AGENT_METHODS:
             target = action.target or event.get("agent")

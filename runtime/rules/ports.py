@@ -7,14 +7,17 @@ table of async handlers.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import trio
 
+from runtime.control.dispatch import INTERNAL, Caller
+
 
 class MethodsPort(Protocol):
-    """The control methods, called in process (runtime.control.dispatch.Methods).
+    """The control methods, called in process (runtime.control.dispatch.Methods), as
+    Caller("rule", <rule>) or Caller("job", <job>).
 
     The engine calls: agent.restart, agent.stop, agent.start, agent.degrade
     ({"agent", "reason"}), checkpoint, maintain ({"task"}), send ({"agent",
@@ -24,7 +27,7 @@ class MethodsPort(Protocol):
     """
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None,
-                   *, caller: Any = ...) -> Any: ...
+                   *, caller: Caller = INTERNAL) -> Any: ...
 
 
 class EventsPort(Protocol):
@@ -50,11 +53,3 @@ class MetricsPort(Protocol):
     def read(self, slot: str) -> float | None:
         """The slot's value as a number, or None if it does not exist (yet) or has none."""
         ...
-
-
-CallerFactory = Callable[[str, str | None], Any]
-"""Makes the `caller` of a method call: (kind, name) -> runtime.control.dispatch.Caller,
-e.g. ("rule", "flaky-restarts")."""
-
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-"""A control method handler: params in, plain data out."""

@@ -11,7 +11,7 @@ class SupervisorError(Exception):
     """
 
 
-class UnknownAgentError(SupervisorError, KeyError):
+class UnknownAgentError(SupervisorError):
     """No agent (or group) by that name. str() is a full sentence for the user."""
 
     def __init__(self, name: str, known: list[str] | None = None) -> None:
@@ -22,6 +22,14 @@ class UnknownAgentError(SupervisorError, KeyError):
     def __str__(self) -> str:
         tail = f" (agents: {', '.join(self.known) or 'none'})" if self.known is not None else ""
         return f"no agent named {self.name!r}{tail}"
+
+
+class InvalidReloadError(SupervisorError):
+    """A reload refused before anything was touched (an unknown group or dependency, a
+    dependency cycle or one that starts later)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"reload refused, nothing was changed: {why}")
 
 
 class RootGaveUp(Exception):

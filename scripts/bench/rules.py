@@ -104,8 +104,7 @@ async def bench_dispatch(tmp: Path, rules: list[RuleSpec], rate: int, seconds: f
     recorded: list[dict[str, Any]] = []
     async with open_store(tmp / "dispatch") as store:
         events = EventLog(store)
-        engine = RuleEngine(autonomy, AGENTS, events=events, methods=Methods(),
-                            caller=lambda kind, name: (kind, name))
+        engine = RuleEngine(autonomy, AGENTS, events=events, methods=Methods())
         timed = Timed(engine)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(events.run)
@@ -149,8 +148,7 @@ def replay_dispatch(autonomy: Autonomy, rules: list[RuleSpec],
             raise NotImplementedError
 
     def engine(linear: bool) -> RuleEngine:
-        e = RuleEngine(autonomy, AGENTS, events=Sink(), methods=Methods(),
-                       caller=lambda kind, name: (kind, name))
+        e = RuleEngine(autonomy, AGENTS, events=Sink(), methods=Methods())
         if linear:
             e.index = LinearRules(rules, AGENTS)  # type: ignore[assignment]
         return e
@@ -187,8 +185,7 @@ async def bench_scheduler(tmp: Path, jobs: int, seconds: float) -> dict[str, Any
     async with open_store(tmp / "scheduler", StoreOptions(map_size_max=4 << 30)) as store:
         events = EventLog(store)
         scheduler = Scheduler(autonomy, store=store, emit=events.emit, methods=Methods(),
-                              make_context=context, logs_dir=tmp / "logs",
-                              caller=lambda kind, name: (kind, name))
+                              make_context=context, logs_dir=tmp / "logs")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(events.run)
             await nursery.start(scheduler.run)

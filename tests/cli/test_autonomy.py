@@ -14,12 +14,13 @@ import trio
 
 from runtime.cli import jobs as jobs_cli
 from runtime.cli import rules as rules_cli
-from runtime.control import ControlServer
+from runtime.control.dispatch import Methods
+from runtime.control.server import ControlServer
 from runtime.jobs.methods import jobs_methods
 from runtime.jobs.scheduler import Scheduler
 from runtime.rules.engine import RuleEngine
 from runtime.rules.methods import rules_methods
-from tests.rules.helpers import HandlerTable, caller, config_from, event_log
+from tests.rules.helpers import HandlerTable, config_from, event_log
 
 TOML = """
 [[rules]]
@@ -39,7 +40,8 @@ command = ["/bin/sh", "-c", "echo hi"]
 
 def test_the_modules_import_without_trio_or_lmdb() -> None:
     code = ("import sys, runtime.cli.rules, runtime.cli.jobs; "
-            "print(sorted(m for m in ('trio', 'lmdb', 'runtime.control') if m in sys.modules))")
+            "print(sorted(m for m in ('trio', 'lmdb', 'runtime.app', 'runtime.rules.engine', "
+            "'runtime.jobs.scheduler') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
@@ -88,14 +90,16 @@ async def test_rules_and_jobs_over_a_real_socket(tmp_path: Path,
                                        for t in (0, 1, 2)]))
     async with event_log(tmp_path / "data") as (store, events):
         engine = RuleEngine(config.autonomy, ["a", "b"], events=events,
-                            methods=HandlerTable(), caller=caller)
+                            methods=HandlerTable())
         scheduler = Scheduler(config.autonomy, store=store, emit=events.emit,
                               methods=HandlerTable(), make_context=None,  # type: ignore
-                              logs_dir=tmp_path / "logs", caller=caller)
+                              logs_dir=tmp_path / "logs")
         sock = tmp_path / "run" / "ctl.sock"
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
-            server = ControlServer(sock, {**rules_methods(engine), **jobs_methods(scheduler)})
+            methods = Methods()
+            methods.add({**rules_methods(engine), **jobs_methods(scheduler)})
+            server = ControlServer(sock, methods)
             await nursery.start(server.serve)
 
             def cli(*argv: str) -> tuple[int, str]:

@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 import trio
 
-from runtime.control import MethodError
+from runtime.control.dispatch import Caller, Methods
+from runtime.control.errors import MethodError
 from runtime.events import EventLog
 from runtime.jobs.history import JobHistory
 from runtime.jobs.methods import jobs_methods
 from runtime.jobs.scheduler import JobError, PriorityGate, Scheduler
 from runtime.store import StoreOptions, open_store
-from tests.rules.helpers import HandlerTable, caller, config_from, wait_for_event
+from tests.rules.helpers import HandlerTable, config_from, wait_for_event
 
 BASE = 1_700_000_000.0  # a round wall-clock start: every-1s dues fall on whole seconds
 
@@ -70,8 +71,7 @@ async def scheduler_on(tmp_path: Path, toml: str, wall: Callable[[], float],
         events = EventLog(store)
         table = HandlerTable(handlers)
         scheduler = Scheduler(config.autonomy, store=store, emit=events.emit, methods=table,
-                              make_context=_context, logs_dir=tmp_path / "logs",
-                              caller=caller, wall=wall)
+                              make_context=_context, logs_dir=tmp_path / "logs", wall=wall)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(events.run)
             follower = events.follow()
@@ -253,25 +253,26 @@ async def test_maintain_jobs_go_through_the_maintain_method(tmp_path: Path,
         await rig.scheduler.trigger("m", by="manual")
         failed = (await wait_for_event(rig.follower, "job_failed", timeout=None))[0]
     assert calls == ["checkpoint", "prune", "checkpoint", "prune"]
-    assert rig.table.calls[0][2] == ("job", "m")
+    assert rig.table.calls[0][2] == Caller("job", "m")
     assert failed["error"] == "MethodError: another maintenance task is running"
 
 
 async def test_jobs_methods(tmp_path: Path, clock: Any) -> None:
     toml = _job(tmp_path, "await trio.sleep(1)\n", every="1h")
     async with scheduler_on(tmp_path, toml, Wall()) as rig:
-        methods = jobs_methods(rig.scheduler)
-        listed = (await methods["jobs"]({}))["jobs"][0]
+        methods = Methods()
+        methods.add(jobs_methods(rig.scheduler))
+        listed = (await methods.call("jobs"))["jobs"][0]
         assert listed["name"] == "j" and listed["schedule"] == "every 3600s"
         assert listed["next_due"] == (BASE // 3600 + 1) * 3600
-        done = await methods["jobs.run"]({"job": "j", "wait": True})
+        done = await methods.call("jobs.run", {"job": "j", "wait": True})
         assert done["end"]["result"] == "ok" and done["run"] == 1
-        started = await methods["jobs.run"]({"job": "j"})
+        started = await methods.call("jobs.run", {"job": "j"})
         with pytest.raises(MethodError) as caught:
-            await methods["jobs.run"]({"job": "j"})
+            await methods.call("jobs.run", {"job": "j"})
         assert caught.value.code == "busy"
         await wait_for_event(rig.follower, "job_started", timeout=None, run=started["run"])
-        history = await methods["jobs.history"]({"job": "j", "limit": 5})
+        history = await methods.call("jobs.history", {"job": "j", "limit": 5})
         assert [r["run"] for r in history["runs"]] == [1, started["run"]]
         for name, params, field in [
                 ("jobs.run", {"job": 3}, "params.job"),
@@ -280,10 +281,10 @@ async def test_jobs_methods(tmp_path: Path, clock: Any) -> None:
                 ("jobs.history", {"job": "j", "limit": 0}, "params.limit"),
                 ("jobs", {"x": 1}, "params.x")]:
             with pytest.raises(MethodError) as caught:
-                await methods[name](params)
+                await methods.call(name, params)
             assert caught.value.code == "bad_params" and field in str(caught.value)
         with pytest.raises(MethodError) as caught:
-            await methods["jobs.run"]({"job": "nope"})
+            await methods.call("jobs.run", {"job": "nope"})
         assert caught.value.code == "not_found"
 
 

@@ -12,6 +12,8 @@ from typing import Any
 import trio
 
 from runtime.config import Config, load_config
+from runtime.control.dispatch import INTERNAL, Caller, Methods
+from runtime.control.params import accepts
 from runtime.events import EventLog
 from runtime.store import Store, open_store
 
@@ -24,39 +26,24 @@ def config_from(tmp_path: Path, text: str, agents: tuple[str, ...] = ("a", "b"))
     return load_config(path)
 
 
-class MethodError(Exception):
-    """What a handler raises to refuse (like runtime.control's: a code and a message)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class HandlerTable:
-    """MethodsPort over a dict of async handlers; records every call with its caller."""
+class HandlerTable(Methods):
+    """The runtime's Methods over plain async handlers (each taking any params), recording
+    every call with its caller."""
 
     def __init__(self, handlers: Mapping[str, Callable[[dict], Awaitable[Any]]] | None = None
                  ) -> None:
-        self.handlers = dict(handlers or {})
-        self.calls: list[tuple[str, dict, Any]] = []
-        self.called = trio.Event()
+        super().__init__()
+        self.add({name: accepts(open=True)(handler) for name, handler in
+                  (handlers or {}).items()})
+        self.calls: list[tuple[str, dict, Caller]] = []
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
-                   caller: Any = None) -> Any:
+                   caller: Caller = INTERNAL) -> Any:
         self.calls.append((method, dict(params or {}), caller))
-        self.called.set()
-        self.called = trio.Event()
-        handler = self.handlers.get(method)
-        if handler is None:
-            raise MethodError("unknown_method", f"no method {method!r}")
-        return await handler(dict(params or {}))
+        return await super().call(method, params, caller=caller)
 
     def of(self, method: str) -> list[dict]:
         return [params for m, params, _ in self.calls if m == method]
-
-
-def caller(kind: str, name: str | None) -> tuple[str, str | None]:
-    return (kind, name)
 
 
 @contextlib.asynccontextmanager

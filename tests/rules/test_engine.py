@@ -12,12 +12,12 @@ from typing import Any
 
 import trio
 
+from runtime.control.dispatch import Caller
+from runtime.control.errors import MethodError
 from runtime.events import EventLog
 from runtime.rules.engine import RuleEngine
 from tests.rules.helpers import (
     HandlerTable,
-    MethodError,
-    caller,
     config_from,
     event_log,
     settle,
@@ -39,8 +39,7 @@ async def engine_on(tmp_path: Path, toml: str, handlers: dict | None = None,
     config = config_from(tmp_path, toml, agents)
     async with event_log(tmp_path / "data") as (_, events):
         table = HandlerTable(handlers)
-        engine = RuleEngine(config.autonomy, agents, events=events, methods=table,
-                            caller=caller, **ports)
+        engine = RuleEngine(config.autonomy, agents, events=events, methods=table, **ports)
         follower = events.follow()
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
@@ -83,7 +82,7 @@ async def test_a_crash_loop_degrades_after_exactly_three_failed_exits(
     assert fired["agent"] == "a"
     assert rig.table.of("agent.degrade") == [{"agent": "a", "reason":
                                           f"rule crash-loop (event {third['seq']})"}]
-    assert rig.table.calls[0][2] == ("rule", "crash-loop")
+    assert rig.table.calls[0][2] == Caller("rule", "crash-loop")
     row = rig.engine.status()[0]
     assert row["firings"] == 1 and row["last_outcome"]["result"] == "ok"
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from runtime.config.autonomy import Action, Condition, RuleSpec
-from runtime.control import MethodError
+from runtime.control.dispatch import Methods
+from runtime.control.errors import MethodError
 from runtime.rules.dryrun import simulate
 from runtime.rules.engine import RuleEngine
 from runtime.rules.index import LinearRules, RuleIndex
 from runtime.rules.methods import rules_methods
-from tests.rules.helpers import HandlerTable, caller, config_from, event_log
+from tests.rules.helpers import HandlerTable, config_from, event_log
 
 AGENTS = [f"worker-{i}" for i in range(8)] + ["db", "web", "cam"]
 TYPES = ["exit", "restart", "health", "start", "metric", "output"]
@@ -110,15 +111,16 @@ async def test_rules_methods_list_test_and_resume(tmp_path: Path) -> None:
     config = config_from(tmp_path, DRY)
     async with event_log(tmp_path / "data") as (_, events):
         engine = RuleEngine(config.autonomy, ["a", "b"], events=events,
-                            methods=HandlerTable(), caller=caller)
-        methods = rules_methods(engine)
-        listed = await methods["rules"]({})
+                            methods=HandlerTable())
+        methods = Methods()
+        methods.add(rules_methods(engine))
+        listed = await methods.call("rules")
         assert [r["name"] for r in listed["rules"]] == ["loop", "any"]
         assert listed["rules"][0] | {"last_outcome": None} == {
             "name": "loop", "on": ["exit"], "agent": "a", "metric": None, "do": "degrade",
             "firings": 0, "matched": 0, "last_fired": None, "last_outcome": None,
             "suspended": None, "running": False, "suppressed": {}}
-        tested = await methods["rules.test"]({"events": [{"type": "exit", "agent": "b"}]})
+        tested = await methods.call("rules.test", {"events": [{"type": "exit", "agent": "b"}]})
         assert tested["events"][0]["rules"] == [{"rule": "any", "decision": "fire",
                                                  "action": "checkpoint"}]
         assert engine.state("any").fired == 0  # a dry run touches no live state
@@ -128,14 +130,14 @@ async def test_rules_methods_list_test_and_resume(tmp_path: Path) -> None:
                                "params.events[0].ts"),
                               ({"events": [], "bogus": 1}, "params.bogus")]:
             with pytest.raises(MethodError) as caught:
-                await methods["rules.test"](params)
+                await methods.call("rules.test", params)
             assert caught.value.code == "bad_params" and field in str(caught.value)
         engine.state("loop").suspended = "testing"
-        assert await methods["rules.resume"]({"rule": "loop"}) == {
+        assert await methods.call("rules.resume", {"rule": "loop"}) == {
             "rule": "loop", "was_suspended": True}
         with pytest.raises(MethodError) as caught:
-            await methods["rules.resume"]({"rule": "nope"})
+            await methods.call("rules.resume", {"rule": "nope"})
         assert caught.value.code == "not_found"
         with pytest.raises(MethodError) as caught:
-            await methods["rules.resume"]({})
+            await methods.call("rules.resume", {})
         assert caught.value.code == "bad_params" and "params.rule" in str(caught.value)

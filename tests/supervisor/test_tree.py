@@ -9,7 +9,7 @@ import pytest
 
 from runtime.config import AgentSpec
 from runtime.config.schema import GroupSpec, SupervisorSection
-from runtime.supervisor import UnknownAgentError
+from runtime.supervisor import InvalidReloadError, SupervisorError, UnknownAgentError
 from tests.supervisor.harness import fixture, running
 
 CTRL = fixture("controlled.py")
@@ -211,3 +211,20 @@ async def test_reload_adds_a_group_with_its_agents_and_changes_strategies(tmp_pa
         await h.send("c_auto", "crash")  # one_for_all inside the new group
         await started(h, "b_auto", "c_auto", times=2)
         assert len(h.of("start", "a_auto")) == 1
+
+
+async def test_a_reload_that_cannot_be_built_is_refused_and_changes_nothing(
+        tmp_path: Path) -> None:
+    async with running(tmp_path, [ctrl("a_auto")]) as h:
+        await started(h, "a_auto")
+        for bad, why in [
+                ([ctrl("a_auto"), ctrl("b_auto", group="nowhere")], "'nowhere' is not a defined"),
+                ([ctrl("x_auto", depends_on=("y_auto",)), ctrl("y_auto", depends_on=("x_auto",))],
+                 "depends_on forms a cycle")]:
+            with pytest.raises(InvalidReloadError, match=why) as refused:
+                await h.sup.reload(bad)
+            assert isinstance(refused.value, SupervisorError)
+            assert str(refused.value).startswith("reload refused, nothing was changed: ")
+        assert [r["name"] for r in h.sup.status()] == ["a_auto"] and h.of("reload") == []
+        assert h.state("a_auto") == "running" and len(h.of("start", "a_auto")) == 1
+        assert "a_auto" in h.sup.directory and "b_auto" not in h.sup.directory
