@@ -48,6 +48,7 @@ MAINTAIN_TASKS = ("checkpoint", "prune", "compact", "archive", "verify", "disk",
 SEVERITIES = ("info", "warning", "error", "critical")
 CONCURRENCY = ("forbid", "replace", "allow")
 MISSED = ("skip", "run_once")
+JOB_EVENTS = ("failures", "all")
 METRIC_EVENT = "metric"
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)")
@@ -343,6 +344,9 @@ class JobSpec:
     concurrency: str = key(choice(CONCURRENCY), "forbid")
     missed: str = key(choice(MISSED), "skip")  # after downtime: skip, or catch up once
     priority: int = key(int_range(-1000, 1000), 0)
+    # Events: "failures" (job_failed, job_skipped, job_interrupted) or "all" (also
+    # job_started and job_ok per run). Every run is in the history either way.
+    events: str = key(choice(JOB_EVENTS), "failures")
     history_keep: int = key(int_range(1, 100_000), 100)  # runs kept in the store
     log_max_bytes: int = key(SIZE, 1 << 20)
     log_keep: int = key(int_range(0, 100), 1)

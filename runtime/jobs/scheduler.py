@@ -10,9 +10,11 @@ runs once now, however many were missed. At start, a run whose start record has
 no end was interrupted (the runtime died): it is recorded as such and follows
 `missed` too.
 
-Events (agent None, the job in `job`): job_started (run, due, lateness_s, by),
-job_ok (run, seconds, attempts), job_failed (run, result, error, attempts, final),
-job_skipped (due, reason: overlap|missed, missed), job_interrupted (run).
+Events (agent None, the job in `job`): job_failed (run, result, error, attempts,
+final), job_skipped (due, reason: overlap|missed, missed), job_interrupted (run);
+with `events = "all"` also job_started (run, due, lateness_s, by) and job_ok (run,
+seconds, attempts). A job every second would otherwise write two events a second
+forever; its runs are in the history either way.
 """
 
 from __future__ import annotations
@@ -312,8 +314,9 @@ class Scheduler:
                     job.lateness_max = max(job.lateness_max, late)
                     await self._history.start(spec.name, run.number, run.due, run.offset,
                                               run.started, run.by)
-                    self._emit("job_started", None, job=spec.name, run=run.number,
-                               due=run.due, lateness_s=round(late, 6), by=run.by)
+                    if spec.events == "all":
+                        self._emit("job_started", None, job=spec.name, run=run.number,
+                                   due=run.due, lateness_s=round(late, 6), by=run.by)
                     result, error, attempts = await self._attempts(job, run)
             if run.scope.cancelled_caught:
                 result = "replaced" if run.replaced else "cancelled"
@@ -393,12 +396,12 @@ class Scheduler:
                        "seconds": round(ended - run.started, 6), "attempts": attempts,
                        "error": error, "next_due": job.next_due}
             job.last_end = run.end
-            if result == "ok":
-                self._emit("job_ok", None, job=spec.name, run=run.number,
-                           seconds=run.end["seconds"], attempts=attempts)
-            else:
+            if result != "ok":
                 self._emit("job_failed", None, job=spec.name, run=run.number, result=result,
                            error=error, attempts=attempts, final=True)
+            elif spec.events == "all":
+                self._emit("job_ok", None, job=spec.name, run=run.number,
+                           seconds=run.end["seconds"], attempts=attempts)
             try:
                 await self._history.end(spec.name, run.end)
                 if run.number % max(1, spec.history_keep // 2) == 0:

@@ -89,6 +89,7 @@ jitter = "250ms"
 command = ["echo", "tick"]
 concurrency = "replace"
 priority = 5
+events = "all"
 """
 
 
@@ -119,6 +120,7 @@ def test_a_full_autonomy_config_loads_typed(tmp_path: Path) -> None:
     assert tidy.missed == "run_once" and tidy.schedule == "0 3 * * *"
     assert tick.every == 5.0 and tick.jitter == 0.25 and tick.kind == "command"
     assert tick.concurrency == "replace" and tick.priority == 5
+    assert tick.events == "all" and tidy.events == "failures"
 
 
 def test_no_autonomy_sections_give_empty_defaults(tmp_path: Path) -> None:

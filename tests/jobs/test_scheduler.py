@@ -88,6 +88,7 @@ def _entry(tmp_path: Path, body: str, name: str) -> str:
 
 def _job(tmp_path: Path, body: str = "pass\n", **keys: Any) -> str:
     name = keys.pop("name", "j")
+    keys.setdefault("events", "all")  # the tests follow job_started and job_ok too
     lines = ['[[jobs]]', f'name = "{name}"', f'entry = "{_entry(tmp_path, body, name)}"']
     lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"'
               for k, v in keys.items()]
@@ -246,7 +247,8 @@ async def test_maintain_jobs_go_through_the_maintain_method(tmp_path: Path,
             raise MethodError("busy", "another maintenance task is running")
         return {"task": params["task"], "result": {"ok": True, "problems": []}}
 
-    toml = '[[jobs]]\nname = "m"\nevery = "1h"\nmaintain = ["checkpoint", "prune"]\n'
+    toml = '[[jobs]]\nname = "m"\nevery = "1h"\nmaintain = ["checkpoint", "prune"]\n' \
+        'events = "all"\n'
     async with scheduler_on(tmp_path, toml, Wall(), {"maintain": maintain}) as rig:
         await rig.scheduler.trigger("m", by="manual")
         await wait_for_event(rig.follower, "job_ok", timeout=None)
