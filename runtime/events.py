@@ -113,7 +113,7 @@ class EventLog:
             try:
                 # Shielded: a batch taken off the queue must reach the store or be reported.
                 with trio.CancelScope(shield=True):
-                    seqs = await self.store.append_indexed(STREAM, batch, index_entries)
+                    seqs = await self.store.append_many(STREAM, batch, index=index_entries)
             except StoreError as exc:
                 log.error("could not store %d event(s): %s", len(batch), exc)
                 return

@@ -39,7 +39,7 @@ async def _fill(events: EventLog, rng: random.Random, batches: int, ts: float = 
         -> float:
     for _ in range(batches):
         records, ts = _random_batch(rng, ts, rng.randint(1, 200))
-        seqs = await events.store.append_indexed(STREAM, records, index_entries)
+        seqs = await events.store.append_many(STREAM, records, index=index_entries)
         events._indexed_upto = seqs[-1]  # what _flush does after a durable batch
     return ts
 

@@ -371,11 +371,22 @@ class Store:
         return await self._submit(apply, on_durable)
 
     async def append_many(self, stream: str, records: Iterable[Any],
-                          on_durable: Callable[[list[int]], None] | None = None) -> list[int]:
+                          on_durable: Callable[[list[int]], None] | None = None,
+                          index: Callable[[int, Any], Iterable[tuple[str, Any]]] | None = None
+                          ) -> list[int]:
         """Append several records in one op (always one transaction: all or none);
-        returns their consecutive seqs once durable."""
+        returns their consecutive seqs once durable.
+
+        With `index`, what `index(seq, record)` yields for each record, (other stream,
+        record) pairs such as a secondary index naming the seq, is appended in the SAME
+        transaction, so an index never disagrees with its stream, even after a crash.
+        `index` runs in the writer thread with the transaction open: keep it a quick,
+        pure function of its arguments.
+        """
         prefix = _stream_key(stream)
         limit = self.options.max_record_bytes
+        if index is not None:
+            records = list(records)  # read twice: packed now, indexed in the writer
         datas = codec.pack_many(records, limit)
         if not datas:
             return []
@@ -392,44 +403,17 @@ class Store:
             added = cursor.putmulti(items, overwrite=False, append=at_end)[1]
             if added != len(items):
                 raise _seq_taken(stream, first)
+            if index is not None:
+                for seq, record in zip(seqs, records, strict=True):
+                    for other, entry in index(seq, record):
+                        key = _stream_key(other)
+                        at = tx.next_seq(key)
+                        if not tx.txn.put(key + pack_seq(at), codec.pack(entry, limit),
+                                          db=self._wal, overwrite=False):
+                            raise _seq_taken(other, at)
             return list(seqs)
 
         return await self._submit(apply, on_durable)
-
-    async def append_indexed(self, stream: str, records: list[Any],
-                             index: Callable[[int, Any], Iterable[tuple[str, Any]]]) \
-            -> list[int]:
-        """Append `records` to `stream` and, in the SAME transaction, what `index(seq,
-        record)` yields for each: (other stream, record) pairs, e.g. secondary indexes
-        that name the seq. All or none, so an index never disagrees with its stream,
-        even after a crash. Returns the seqs of `records` once durable.
-
-        `index` runs in the writer thread while the transaction is open: keep it a
-        quick pure function of its arguments.
-        """
-        prefix = _stream_key(stream)
-        limit = self.options.max_record_bytes
-        datas = codec.pack_many(records, limit)
-        if not datas:
-            return []
-        pack_seq = _SEQ.pack
-
-        def apply(tx: Txn) -> list[int]:
-            first = tx.take_seqs(prefix, len(datas))
-            put = tx.txn.put
-            for seq, data, record in zip(itertools.count(first), datas, records,
-                                         strict=False):
-                if not put(prefix + pack_seq(seq), data, db=self._wal, overwrite=False):
-                    raise _seq_taken(stream, seq)
-                for other, entry in index(seq, record):
-                    key = _stream_key(other)
-                    at = tx.next_seq(key)
-                    if not put(key + pack_seq(at), codec.pack(entry, limit), db=self._wal,
-                               overwrite=False):
-                        raise _seq_taken(other, at)
-            return list(range(first, first + len(datas)))
-
-        return await self._submit(apply)
 
     async def write_checkpoint(self, stream: str, covered_seq: int, payload: bytes,
                                keep_tail: int = 0) -> None:

@@ -219,7 +219,7 @@ async def bench_index(tmp: Path, total: int, rng: random.Random) -> dict[str, An
             for _ in range(min(batch, total - start)):
                 ts += 0.001
                 records.append([ts, rng.choice(TYPES[:20]), rng.choice(AGENTS), {"n": start}])
-            await store.append_indexed(STREAM, records, index_entries)
+            await store.append_many(STREAM, records, index=index_entries)
         build_s = time.perf_counter() - build0
         events = EventLog(store)
         index_ms, scan_ms = [], []
