@@ -11,7 +11,7 @@ from typing import Any
 
 from runtime.agents.wire import MAX_FRAME, channel_decoder
 from runtime.wire.errors import ProtocolError
-from runtime.wire.framing import CLOSED, NEED_DATA, Encoder, FrameReader
+from runtime.wire.framing import NEED_DATA, Encoder, FrameReader
 
 __all__ = ["MAX_FRAME", "FrameBuffer", "FrameError", "encode"]
 
@@ -43,7 +43,7 @@ class FrameBuffer:
             self._frames.receive_data(data)
         out = []
         try:
-            while (frame := self._frames.next_frame()) is not NEED_DATA and frame is not CLOSED:
+            while (frame := self._frames.next_frame()) is not NEED_DATA:
                 out.append(frame)
         except ProtocolError as exc:
             raise FrameError(str(exc), exc.code) from None

@@ -163,6 +163,38 @@ class ProcessContext:
         return await self._channel.call(wire.Send, agent, msg, key)
 
 
+def _runtime_says() -> bytes:
+    agent, runtime = wire.Connection(wire.AGENT), wire.Connection(wire.RUNTIME)
+    hello = runtime.send(wire.Hello({"k": 0}))
+    agent.receive_data(hello)
+    agent.next_event()
+    runtime.receive_data(agent.send(wire.StateOp(1, "set", "k", 1)))
+    runtime.next_event()
+    return hello + runtime.send(wire.Reply(1, True, None))
+
+
+_PRIMER = _runtime_says()  # a hello and a reply, as the runtime sends them
+
+
+def idle_connection() -> wire.Connection:
+    """A fresh agent-side Connection, built ahead, with the channel's code run once.
+
+    A spare of the template calls this while it waits for its agent. Being a
+    fork, its every page is copy-on-write, and the first write to each costs
+    a fault (microseconds on a VM): building a Connection and a first pass
+    over the frame path (hello, a state write, its reply, the exit report, on
+    a throwaway one) take those faults now, not on a restart's path.
+    """
+    with contextlib.suppress(Exception):
+        primer = wire.Connection(wire.AGENT)
+        primer.receive_data(_PRIMER)
+        primer.next_event()
+        primer.send(wire.StateOp(1, "set", "k", 1))
+        primer.next_event()
+        primer.send(wire.ExitReport(None))
+    return wire.Connection(wire.AGENT)
+
+
 def _read_hello(sock: socket.socket, conn: wire.Connection) -> dict:
     """The runtime's hello (sent before the fork: already in the socket buffer)."""
     while True:
@@ -223,10 +255,12 @@ def agent_main(spec: dict[str, Any], channel_fd: int, segment: Segment | None = 
 
 
 async def agent_main_async(spec: dict[str, Any], channel_fd: int,
-                           segment: Segment | None = None) -> int:
-    """`agent_main` inside an already running trio loop (a spare of the template)."""
+                           segment: Segment | None = None,
+                           conn: wire.Connection | None = None) -> int:
+    """`agent_main` inside an already running trio loop (a spare of the template),
+    on `conn` if the spare built it ahead (see idle_connection)."""
     sock = socket.socket(fileno=channel_fd)
-    conn = wire.Connection(wire.AGENT)
+    conn = wire.Connection(wire.AGENT) if conn is None else conn
     summary = None
     try:
         main, ctx, channel = _prepare(spec, sock, conn, segment)

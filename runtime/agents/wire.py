@@ -135,7 +135,11 @@ class Connection(FramedConnection):
         self._hello = False  # sent (runtime) / received (agent)
         self._exited = False  # the agent's exit report was sent (agent) / received (runtime)
         self._open: set[int] = set()  # request ids sent (agent) / received (runtime), unanswered
-        self._interpret = self._to_agent if role == AGENT else self._to_runtime
+        # Each role's half of the machine, picked once (no role test per frame).
+        if role == AGENT:
+            self._interpret, self._send = self._to_agent, self._send_as_agent
+        else:
+            self._interpret, self._send = self._to_runtime, self._send_as_runtime
 
     @property
     def open_requests(self) -> frozenset[int]:
@@ -145,6 +149,14 @@ class Connection(FramedConnection):
     # -- input -----------------------------------------------------------------------
 
     def _to_runtime(self, msg: Any) -> Event:
+        # The hot frame first, checked in one go: a well-formed state write.
+        if type(msg) is list and len(msg) == 5 and msg[0] == "state" and type(msg[1]) is int \
+                and msg[2] in STATE_OPS and msg[1] not in self._open and not self._exited:
+            self._open.add(msg[1])
+            return StateOp(msg[1], msg[2], msg[3], msg[4])
+        return self._to_runtime_checked(msg)
+
+    def _to_runtime_checked(self, msg: Any) -> Event:
         if type(msg) is not list or len(msg) < 2:
             raise RemoteProtocolError(f"expected a frame [kind, req, ...], got {_brief(msg)}")
         if self._exited:
@@ -181,6 +193,14 @@ class Connection(FramedConnection):
         return req
 
     def _to_agent(self, msg: Any) -> Event:
+        # The hot frame first, checked in one go: a success reply to an open request.
+        if type(msg) is list and len(msg) == 3 and msg[0] == "ok" and type(msg[1]) is int \
+                and msg[1] in self._open:
+            self._open.discard(msg[1])
+            return Reply(msg[1], True, msg[2])
+        return self._to_agent_checked(msg)
+
+    def _to_agent_checked(self, msg: Any) -> Event:
         if type(msg) is not list or len(msg) != 3:
             raise RemoteProtocolError(f"expected a frame [kind, req, value], got {_brief(msg)}")
         kind, req, value = msg
@@ -207,25 +227,38 @@ class Connection(FramedConnection):
     def _last_word(self, event: Event) -> bool:
         return type(event) is ExitReport and self.role == AGENT and not self._exited
 
-    def _outgoing(self, event: Event) -> list:
+    def _send_as_runtime(self, event: Event) -> bytes:
         kind = type(event)
-        if self.role == RUNTIME:
-            if kind is Reply:
-                if not self._hello:
-                    raise LocalProtocolError("send the hello before any reply", "state")
-                if event.req not in self._open:
-                    raise LocalProtocolError(f"request id {event.req} is not open", "bad_id")
-                return ["ok" if event.ok else "err", event.req, event.value]
-            if kind is Hello:
-                if self._hello:
-                    raise LocalProtocolError("the hello was already sent", "state")
-                return ["hello", 0, {"state": event.state}]
-            raise LocalProtocolError(f"the runtime sends Hello and Reply, not {kind.__name__}",
-                                     "state")
+        if kind is Reply:
+            if not self._hello:
+                raise LocalProtocolError("send the hello before any reply", "state")
+            if event.req not in self._open:
+                raise LocalProtocolError(f"request id {event.req} is not open", "bad_id")
+            data = self._encode(["ok" if event.ok else "err", event.req, event.value])
+            self._open.discard(event.req)
+            return data
+        if kind is Hello:
+            if self._hello:
+                raise LocalProtocolError("the hello was already sent", "state")
+            data = self._encode(["hello", 0, {"state": event.state}])
+            self._hello = True
+            return data
+        raise LocalProtocolError(f"the runtime sends Hello and Reply, not {kind.__name__}",
+                                 "state")
+
+    def _send_as_agent(self, event: Event) -> bytes:
+        kind = type(event)
+        if kind is StateOp and self._hello and not self._exited and event.op in STATE_OPS \
+                and type(event.req) is int and event.req not in self._open:  # the hot one
+            data = self._encode(["state", event.req, event.op, event.key, event.arg])
+            self._open.add(event.req)
+            return data
         if kind is ExitReport:
             if self._exited:
                 raise LocalProtocolError("the exit report was already sent", "state")
-            return ["exit", 0, event.summary]
+            data = self._encode(["exit", 0, event.summary])
+            self._exited = True
+            return data
         if kind is Reply or kind is Hello:
             raise LocalProtocolError(f"an agent does not send {kind.__name__}", "state")
         if self._exited:
@@ -233,32 +266,22 @@ class Connection(FramedConnection):
         if not self._hello:
             raise LocalProtocolError(f"{kind.__name__} before the runtime's hello", "state")
         if kind is Ready:
-            return ["ready", 0, None]
+            return self._encode(["ready", 0, None])
         if event.req in self._open or type(event.req) is not int:
             raise LocalProtocolError(f"request id {event.req!r} is in use or not an integer",
                                      "bad_id")
         if kind is StateOp:
-            if event.op not in STATE_OPS:
-                raise LocalProtocolError(f"unknown state op {event.op!r}", "state")
-            return ["state", event.req, event.op, event.key, event.arg]
+            raise LocalProtocolError(f"unknown state op {event.op!r}", "state")
         if kind is Send:
-            return ["send", event.req, event.to, event.msg, event.key]
-        if kind is Recv:
-            return ["recv", event.req]
-        if kind is Ack:
-            return ["ack", event.req, event.seq]
-        raise TypeError(f"cannot send {event!r}")
-
-    def _sent(self, event: Event) -> None:
-        kind = type(event)
-        if kind is Reply:
-            self._open.discard(event.req)
-        elif kind is StateOp or kind is Send or kind is Recv or kind is Ack:
-            self._open.add(event.req)
-        elif kind is Hello:
-            self._hello = True
-        elif kind is ExitReport:
-            self._exited = True
+            data = self._encode(["send", event.req, event.to, event.msg, event.key])
+        elif kind is Recv:
+            data = self._encode(["recv", event.req])
+        elif kind is Ack:
+            data = self._encode(["ack", event.req, event.seq])
+        else:
+            raise TypeError(f"cannot send {event!r}")
+        self._open.add(event.req)
+        return data
 
 
 def _brief(value: Any) -> str:

@@ -259,7 +259,7 @@ class Connection(FramedConnection):
     def _last_word(self, event: Event) -> bool:
         return self.role == SERVER and isinstance(event, ErrorResponse) and event.id is None
 
-    def _outgoing(self, event: Event) -> dict[str, Any]:
+    def _send(self, event: Event) -> bytes:
         self._check_send(event)
         if isinstance(event, Hello):
             obj: dict[str, Any] = {"hello": "outpost", "version": event.version}
@@ -277,7 +277,9 @@ class Connection(FramedConnection):
             obj = {"id": event.id, "end": True}
         else:
             raise TypeError(f"cannot send {event!r}")
-        return obj
+        data = self._encode(obj)
+        self._sent(event)
+        return data
 
     def _check_send(self, event: Event) -> None:
         if isinstance(event, Hello):

@@ -169,6 +169,7 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
             _spare_main(theirs, me, [sock.fileno(), wake_r, wake_w], segments, wire)
         theirs.close()
         spare[:] = [pid, mine]
+        _prime(wire)
 
     def send(event: Spawned | SpawnFailed | Exited) -> None:
         with contextlib.suppress(OSError):
@@ -268,6 +269,24 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
                     os.killpg(event.pid, event.signum)
 
 
+_PRIMER = TemplateWire(RUNTIME).send(Spawn(0, {"kind": "exec", "name": "", "cwd": None,
+                                                 "env": {}, "argv": [""]}))
+
+
+def _prime(wire: TemplateWire) -> None:
+    """Run the packet path once, idle, right after forking a spare.
+
+    The fork made every page of ours copy-on-write again, and the first write
+    to each costs a fault (microseconds on a VM). Decoding and encoding a
+    canned spawn now takes those faults for the pages the next spawn touches
+    (objects, allocator pools, the Packer's buffer) off a restart's path.
+    """
+    with contextlib.suppress(Exception):
+        event = wire.receive_packet(_PRIMER)
+        wire.send(Spawned(event.req, 1))
+        wire.send(Exited(1, 0, None))
+
+
 def _attach(path: str) -> Any:
     """The runtime's segment, mapped read-write (None if it cannot be: the agent retries)."""
     from shm import Segment
@@ -344,6 +363,8 @@ def _become(spec: dict[str, Any], fds: list[int]) -> int:
 
 async def _spare_wait(channel: socket.socket, segments: dict[str, Any],
                       wire: TemplateWire) -> int:
+    from runtime.agents.process import agent_main_async, idle_connection
+    conn = idle_connection()  # built while idle: not on the restart's path
     await trio.lowlevel.wait_readable(channel.fileno())
     data, fds, _, _ = socket.recv_fds(channel, MAX_PACKET, MAX_FDS)
     channel.close()
@@ -355,8 +376,7 @@ async def _spare_wait(channel: socket.socket, segments: dict[str, Any],
         return _become(spec, fds)
     _wire(spec, fds)
     os.environ.update(spec.get("env", {}))
-    from runtime.agents.process import agent_main_async
-    code = await agent_main_async(spec, fds[2], segments.get(spec.get("segment")))
+    code = await agent_main_async(spec, fds[2], segments.get(spec.get("segment")), conn)
     # The agent is done and has said so: exit now rather than after trio's teardown
     # (the supervisor restarts it once this process is gone).
     _leave(code)

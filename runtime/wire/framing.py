@@ -18,12 +18,12 @@ from typing import Any
 
 import msgpack
 
-from runtime.wire.errors import LocalProtocolError, RemoteProtocolError
+from runtime.wire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 HEADER = struct.Struct(">I")  # the length prefix of a frame
-#: Bodies up to this size go through one reused Unpacker (its limits set once,
-#: cheaper per frame than unpackb's keyword arguments); larger ones through
-#: unpackb with limits of their own size, so no buffer that large is kept.
+_header, _length_of, _HEAD = HEADER.pack, HEADER.unpack_from, HEADER.size
+#: Bodies up to this size are copied out of the receive buffer to be decoded
+#: (cheaper than a memoryview); larger ones are decoded in place.
 SMALL_BODY = 64 << 10
 
 
@@ -60,25 +60,38 @@ class Encoder:
         try:
             body = self._pack(obj)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise LocalProtocolError(f"cannot encode a {self._unit}: {exc}",
-                                     code="unencodable") from None
+            raise self._unencodable(exc) from None
         if len(body) > self.limit:
-            raise LocalProtocolError(f"{self._unit} of {len(body)} bytes exceeds the "
-                                     f"{self.limit}-byte limit", code="too_large")
+            raise self._too_large(len(body))
         return body
 
     def frame(self, obj: Any) -> bytes:
-        """`obj` as one frame: length prefix + body."""
-        body = self.pack(obj)
-        return HEADER.pack(len(body)) + body
+        """`obj` as one frame: length prefix + body (the errors of `pack`)."""
+        try:  # pack() inlined: this is every frame's path
+            body = self._pack(obj)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self._unencodable(exc) from None
+        if len(body) > self.limit:
+            raise self._too_large(len(body))
+        return _header(len(body)) + body
+
+    def _unencodable(self, exc: Exception) -> LocalProtocolError:
+        return LocalProtocolError(f"cannot encode a {self._unit}: {exc}", code="unencodable")
+
+    def _too_large(self, size: int) -> LocalProtocolError:
+        return LocalProtocolError(f"{self._unit} of {size} bytes exceeds the {self.limit}-byte "
+                                  "limit", code="too_large")
 
 
 class Decoder:
     """msgpack bodies -> values, with limits; RemoteProtocolError for anything else.
 
-    `limit` bounds strings, binaries and exts (and the body itself),
-    `max_container` the elements of one array or map. Any body is also bounded
-    by its own size: a container cannot declare more elements than it has bytes.
+    `limit` bounds the body, `max_container` the elements of one array or map,
+    `max_ext` an ext's data. msgpack.unpackb already bounds every string,
+    binary, container and ext by the body's own size (a container cannot
+    declare more elements than it has bytes), so only limits tighter than the
+    body limit are passed: for a channel whose containers may fill a frame,
+    none, and decoding costs what a bare unpackb costs.
     """
 
     def __init__(self, limit: int, *, max_container: int, strict_map_key: bool = True,
@@ -86,74 +99,61 @@ class Decoder:
                  unit: str = "frame") -> None:
         self.limit = limit
         self._unit = unit
-        ext = limit if max_ext is None else max_ext
-        self._common: dict[str, Any] = {"raw": False, "strict_map_key": strict_map_key}
+        self.strict_map_key = strict_map_key
+        tighter: dict[str, Any] = {}
         if ext_hook is not None:
-            self._common["ext_hook"] = ext_hook
-        self._max_container = max_container
-        self._max_ext = ext
-        small = min(limit, SMALL_BODY)
-        self._small_limits = dict(self._common, max_buffer_size=small, read_size=min(small, 4096),
-                                  **_lengths(small, max_container, ext))
-        self._unpacker = msgpack.Unpacker(**self._small_limits)
+            tighter["ext_hook"] = ext_hook
+        if max_container < limit:
+            tighter["max_array_len"] = tighter["max_map_len"] = max_container
+        if max_ext is not None and max_ext < limit:
+            tighter["max_ext_len"] = max_ext
+        self._kwargs = {"raw": False, "strict_map_key": strict_map_key, **tighter}
+        self.plain = not tighter  # just raw=False and strict_map_key: no other keywords
 
     def __call__(self, body: bytes | bytearray | memoryview) -> Any:
         """The one value in `body` (RemoteProtocolError if it is not exactly one)."""
-        size = len(body)
-        if size > self.limit:
-            raise RemoteProtocolError(f"{self._unit} of {size} bytes exceeds the {self.limit}-"
-                                      "byte limit", code="too_large")
-        if size > SMALL_BODY:
-            try:
-                return msgpack.unpackb(body, **self._common,
-                                       **_lengths(size, self._max_container, self._max_ext))
-            except Exception as exc:
-                raise self._error(exc) from None
-        unpacker = self._unpacker
-        start = unpacker.tell()
+        if len(body) > self.limit:
+            raise RemoteProtocolError(f"{self._unit} of {len(body)} bytes exceeds the "
+                                      f"{self.limit}-byte limit", code="too_large")
         try:
-            unpacker.feed(body)
-            value = unpacker.unpack()
+            if self.plain:  # keywords spelt out: cheaper than ** on every frame
+                return msgpack.unpackb(body, raw=False, strict_map_key=self.strict_map_key)
+            return msgpack.unpackb(body, **self._kwargs)
         except Exception as exc:
-            self._unpacker = msgpack.Unpacker(**self._small_limits)  # drop what it holds
             raise self._error(exc) from None
-        used = unpacker.tell() - start
-        if used != size:
-            self._unpacker = msgpack.Unpacker(**self._small_limits)
-            raise RemoteProtocolError(f"undecodable msgpack {self._unit}: {size - used} "
-                                      "bytes after its value")
-        return value
 
     def _error(self, exc: Exception) -> RemoteProtocolError:
+        """What was wrong with a body msgpack refused, said plainly."""
         if isinstance(exc, msgpack.StackError):
             why = "nested deeper than msgpack's 1024 levels"
-        elif isinstance(exc, msgpack.OutOfData):
-            why = "incomplete input (the value ends past the body)"
+        elif isinstance(exc, msgpack.ExtraData):
+            why = f"{len(exc.extra)} bytes after its value"
         else:
             why = str(exc) or type(exc).__name__
         return RemoteProtocolError(f"undecodable msgpack {self._unit}: {why}")
 
 
-def _lengths(size: int, max_container: int, max_ext: int) -> dict[str, int]:
-    return {"max_bin_len": size, "max_str_len": size, "max_array_len": min(max_container, size),
-            "max_map_len": min(max_container, size), "max_ext_len": min(max_ext, size)}
-
-
 class FrameReader:
     """Received bytes -> the values of the complete frames in them, one at a time.
 
-    `receive_data(b"")` means the peer closed. `next_frame()` returns a value,
-    NEED_DATA or CLOSED, and raises RemoteProtocolError for an oversized
-    length (before the body is buffered), an undecodable body, or a close in
-    the middle of a frame. A driver that reads only on NEED_DATA holds at most
-    one frame plus one read.
+    `receive_data(b"")` means the peer closed. `next_frame()` returns the next
+    frame's value (through `_interpret`, which a protocol overrides to turn it
+    into an event), NEED_DATA or CLOSED. It raises RemoteProtocolError for an
+    oversized length (before the body is buffered), an undecodable body or a
+    close in the middle of a frame, and the first such error is kept in
+    `error`: a byte stream cannot be resynchronised after a bad frame, so
+    every later call raises again. A driver that reads only on NEED_DATA holds
+    at most one frame plus one read.
     """
 
     def __init__(self, decoder: Decoder) -> None:
         self._decode = decoder
-        self.limit = decoder.limit
+        self._plain, self._strict = decoder.plain, decoder.strict_map_key
+        self.max_frame = decoder.limit
         self._buffer = bytearray()
         self._eof = False
+        self._closed = False  # CLOSED was returned
+        self.error: ProtocolError | None = None  # the first protocol error, kept
 
     @property
     def buffered(self) -> int:
@@ -168,32 +168,55 @@ class FrameReader:
             self._eof = True
 
     def next_frame(self) -> Any:
-        """The next frame's value, NEED_DATA or CLOSED."""
+        """The next frame's value (or event), NEED_DATA or CLOSED."""
+        if self.error is not None:
+            raise self._again()
         buffer = self._buffer
-        if len(buffer) < HEADER.size:
-            return self._end_or_need()
-        (length,) = HEADER.unpack_from(buffer)
-        if length > self.limit:
-            raise RemoteProtocolError(f"frame of {length} bytes exceeds the {self.limit}-byte "
-                                      "limit", code="too_large")
-        end = HEADER.size + length
-        if len(buffer) < end:
-            return self._end_or_need()
-        if length <= SMALL_BODY:
-            value = self._decode(buffer[HEADER.size:end])  # a small copy beats a memoryview
-        else:  # decoded in place: a big body is not copied
-            with memoryview(buffer) as view:
-                body = view[HEADER.size:end]
+        if len(buffer) < _HEAD and not self._eof:
+            return NEED_DATA
+        try:
+            if len(buffer) < _HEAD:
+                return self._end()
+            (length,) = _length_of(buffer)
+            if length > self.max_frame:
+                raise RemoteProtocolError(f"frame of {length} bytes exceeds the "
+                                          f"{self.max_frame}-byte limit", code="too_large")
+            end = _HEAD + length
+            if len(buffer) < end:
+                return self._end() if self._eof else NEED_DATA
+            if length <= SMALL_BODY and self._plain:  # Decoder.__call__, inlined: every frame
                 try:
-                    value = self._decode(body)
-                finally:
-                    body.release()
-        del buffer[:end]
-        return value
+                    value = msgpack.unpackb(buffer[_HEAD:end], raw=False,
+                                            strict_map_key=self._strict)
+                except Exception as exc:
+                    raise self._decode._error(exc) from None
+            elif length <= SMALL_BODY:
+                value = self._decode(buffer[_HEAD:end])
+            else:
+                with memoryview(buffer) as view:
+                    body = view[_HEAD:end]
+                    try:
+                        value = self._decode(body)
+                    finally:
+                        body.release()  # before the buffer shrinks below
+            del buffer[:end]
+            return self._interpret(value)
+        except ProtocolError as exc:
+            self.error = exc
+            raise
 
-    def _end_or_need(self) -> Sentinel:
-        if self._eof:
-            if self._buffer:
-                raise RemoteProtocolError("connection closed in the middle of a frame")
-            return CLOSED
-        return NEED_DATA
+    def _end(self) -> Sentinel:
+        if self._buffer:
+            raise RemoteProtocolError("connection closed in the middle of a frame")
+        self._closed = True
+        return CLOSED
+
+    def _again(self) -> ProtocolError:
+        first = self.error
+        assert first is not None
+        return type(first)(f"the connection is in its ERROR state after: {first}", first.code)
+
+    def _interpret(self, value: Any) -> Any:
+        """What a decoded frame stands for (a protocol's event; RemoteProtocolError if it
+        is wrong here). As it is: the value."""
+        return value

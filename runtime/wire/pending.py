@@ -36,7 +36,12 @@ class Slot(Generic[V]):
         self._error: Callable[[], BaseException] | None = None
 
     def __enter__(self) -> Slot[V]:
-        self._pending._register(self)
+        pending = self._pending
+        if pending._failed is not None:
+            raise pending._failed()
+        if self.key in pending._slots:
+            raise ValueError(f"{self.key!r} is already awaited")
+        pending._slots[self.key] = self
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -66,13 +71,6 @@ class Pending(Generic[K, V]):
         ValueError if a task already waits on `key` (one answer, one waiter).
         """
         return Slot(self, key)
-
-    def _register(self, slot: Slot[V]) -> None:
-        if self._failed is not None:
-            raise self._failed()
-        if slot.key in self._slots:
-            raise ValueError(f"{slot.key!r} is already awaited")
-        self._slots[slot.key] = slot
 
     def resolve(self, key: K, value: V) -> bool:
         """Wake the task waiting on `key` with `value`; False if none waits."""
