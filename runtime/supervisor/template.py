@@ -62,6 +62,7 @@ from runtime.wire.pending import Pending
 
 log = logging.getLogger("outpost.template")
 
+_TERMINAL = {signal.SIGINT, signal.SIGTERM}  # the template blocks them; agents take them
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _SPARE_DELAY_S = 0.01  # idle time after a spawn before the next spare is forked
@@ -140,8 +141,9 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
     die_with_parent(runtime_pid)
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     # Terminal signals are for the runtime; the template ends when the runtime does.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Blocked, not ignored: a child inherits the mask, so a signal sent to an agent
+    # forked a moment ago, before it has isolated, stays pending instead of lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINAL)
     _warm_up()
     segments: dict[str, Any] = {}  # attached once here, inherited by every agent
     wake_r, wake_w = os.pipe()
@@ -223,8 +225,7 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
             continue
         if event is CLOSED:  # the runtime is gone or done: take every agent with us
             for pid in agents:
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
+                _signal_agent(pid, signal.SIGKILL)
             if spare:
                 with contextlib.suppress(OSError):
                     os.kill(spare[0], signal.SIGKILL)
@@ -265,8 +266,7 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
             for fd in fds:
                 os.close(fd)
             if event.pid in agents:  # never signal a pid we have reaped (it may be reused)
-                with contextlib.suppress(OSError):
-                    os.killpg(event.pid, event.signum)
+                _signal_agent(event.pid, event.signum)
 
 
 _PRIMER = TemplateWire(RUNTIME).send(Spawn(0, {"kind": "exec", "name": "", "cwd": None,
@@ -324,9 +324,22 @@ def _isolate(template_pid: int, close: list[int]) -> None:
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _TERMINAL)  # what was sent early lands now
     for fd in close:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _signal_agent(pid: int, signum: int) -> None:
+    """`signum` to agent `pid`'s process group, or to the agent alone if it has not made
+    its group yet (forked a moment ago: the signal waits, blocked, until it isolates)."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+    except OSError:
+        pass
 
 
 def _wire(spec: dict[str, Any], fds: list[int]) -> None:

@@ -75,6 +75,21 @@ async def test_a_signal_reaches_the_agent_and_none_once_it_is_reaped(template: T
             await client.signal(pid, signal.SIGKILL)  # reaped: nothing is sent, nothing raised
 
 
+async def test_a_signal_sent_the_moment_an_agent_is_spawned_is_not_lost(
+        template: Template) -> None:
+    """Back-to-back spawns are fresh forks (the spare comes after 10 ms idle), signalled
+    before they may have made their own process group: each must still get its SIGTERM."""
+    with trio.fail_after(TIMEOUT_S):
+        async with client_of(template) as client:
+            pids = []
+            for _ in range(6):
+                pid = await spawn(client, "sleep", "60")
+                await client.signal(pid, signal.SIGTERM)
+                pids.append(pid)
+            for pid in pids:
+                assert await client.wait_exit(pid) == (None, signal.SIGTERM)
+
+
 async def test_a_spare_forked_ahead_becomes_the_next_agent(template: Template) -> None:
     with trio.fail_after(TIMEOUT_S):
         async with client_of(template) as client:

@@ -103,7 +103,7 @@ def test_nesting_up_to_msgpack_s_limit_passes() -> None:
 
 
 def test_a_decoder_is_clean_after_refusing_a_body() -> None:
-    """The reused Unpacker must not carry a bad body's leftovers into the next one."""
+    """A refused body leaves nothing behind that spoils the next one."""
     decode = Decoder(LIMIT, max_container=LIMIT)
     for bad in (msgpack.packb(1) + b"\x05", b"\x92\x01", b"\x91" * 2000, b"\xdd\xff\xff\xff\xff"):
         with pytest.raises(RemoteProtocolError):
