@@ -1,57 +1,50 @@
-"""Length-prefixed msgpack frames: how a process agent and the runtime talk.
+"""The process-agent channel's frames, in the old list-of-values form.
 
-Plain data only (msgpack, never pickle), and every frame is size-limited on
-both sides, so a confused or hostile agent cannot make the runtime allocate
-without bound or execute anything.
+Kept for the runtime's side of the channel until it speaks
+`runtime.agents.wire.Connection` (typed events, latched errors); the framing
+itself is runtime.wire.framing, with the channel's limits.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
-import msgpack
+from runtime.agents.wire import MAX_FRAME, channel_decoder
+from runtime.wire.errors import ProtocolError
+from runtime.wire.framing import NEED_DATA, Encoder, FrameReader
 
-MAX_FRAME = 4 << 20  # bytes of one msgpack frame (a state value or message must fit)
-_LEN = struct.Struct(">I")
+__all__ = ["MAX_FRAME", "FrameBuffer", "FrameError", "encode"]
 
 
-class FrameError(Exception):
+class FrameError(ProtocolError):
     """A frame is too large, truncated or not msgpack."""
+
+
+_encoder = Encoder(MAX_FRAME)  # the event loop's thread only: one Packer, reused
 
 
 def encode(obj: Any) -> bytes:
     """One frame: 4-byte big-endian length + msgpack body."""
-    body = msgpack.packb(obj, use_bin_type=True)
-    if len(body) > MAX_FRAME:
-        raise FrameError(f"frame of {len(body)} bytes exceeds the limit of {MAX_FRAME}")
-    return _LEN.pack(len(body)) + body
-
-
-def decode_body(body: bytes) -> Any:
-    """The object in one frame body (its size was checked against MAX_FRAME already)."""
     try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception as exc:
-        raise FrameError(f"bad frame: {exc}") from None
+        return _encoder.frame(obj)
+    except ProtocolError as exc:
+        raise FrameError(str(exc), exc.code) from None
 
 
 class FrameBuffer:
     """Accumulates received bytes and yields the complete frames in them."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._frames = FrameReader(channel_decoder())
 
     def feed(self, data: bytes) -> list[Any]:
-        self._buf += data
+        """The frames completed by `data` (FrameError for a bad one)."""
+        if data:  # (b"" is not an end here: the caller handles the close)
+            self._frames.receive_data(data)
         out = []
-        while len(self._buf) >= 4:
-            (n,) = _LEN.unpack_from(self._buf)
-            if n > MAX_FRAME:
-                raise FrameError(f"peer announced a frame of {n} bytes (limit {MAX_FRAME})")
-            if len(self._buf) < 4 + n:
-                break
-            body = bytes(self._buf[4:4 + n])
-            del self._buf[:4 + n]
-            out.append(decode_body(body))
+        try:
+            while (frame := self._frames.next_frame()) is not NEED_DATA:
+                out.append(frame)
+        except ProtocolError as exc:
+            raise FrameError(str(exc), exc.code) from None
         return out
