@@ -7,7 +7,6 @@ import struct
 import msgpack
 import pytest
 
-from runtime.agents import frames
 from runtime.agents.wire import (
     AGENT,
     MAX_FRAME,
@@ -69,24 +68,23 @@ def test_a_whole_conversation_round_trips() -> None:
     assert runtime.next_event() is CLOSED
 
 
-def test_the_bytes_are_those_of_the_old_frames() -> None:
-    """Compatible both ways with the list frames the runtime side spoke until now."""
+def test_the_bytes_are_length_prefixed_msgpack_lists() -> None:
+    """The wire format: a 4-byte big-endian length, then one msgpack list per frame."""
     agent, runtime = Connection(AGENT), Connection(RUNTIME)
-    assert runtime.send(Hello({"k": 1})) == frames.encode(["hello", 0, {"state": {"k": 1}}])
-    agent.receive_data(frames.encode(["hello", 0, {"state": {"k": 1}}]))
+    assert runtime.send(Hello({"k": 1})) == frame(["hello", 0, {"state": {"k": 1}}])
+    agent.receive_data(frame(["hello", 0, {"state": {"k": 1}}]))
     agent.next_event()
-    old = frames.FrameBuffer()
     sent = [(StateOp(1, "set", "k", 2), ["state", 1, "set", "k", 2]),
             (Send(2, "b", "m", None), ["send", 2, "b", "m", None]),
             (Recv(3), ["recv", 3]), (Ack(4, 7), ["ack", 4, 7]),
             (Ready(), ["ready", 0, None]), (ExitReport(None), ["exit", 0, None])]
     for event, as_list in sent:
-        assert old.feed(agent.send(event)) == [as_list]
+        assert agent.send(event) == frame(as_list)
     runtime = Connection(RUNTIME)
     runtime.send(Hello({}))
     runtime.receive_data(frame(["state", 1, "set", "k", 2]))
     runtime.next_event()
-    assert runtime.send(Reply(1, True, 3)) == frames.encode(["ok", 1, 3])
+    assert runtime.send(Reply(1, True, 3)) == frame(["ok", 1, 3])
 
 
 def test_state_values_up_to_the_frame_limit_travel() -> None:
@@ -237,16 +235,3 @@ def test_an_error_latches_the_runtime_side() -> None:
     with pytest.raises(RemoteProtocolError, match="ERROR state"):
         runtime.send(Reply(1, True))
     assert runtime.error is first.value
-
-
-def test_the_legacy_frame_buffer_has_the_channel_s_limits() -> None:
-    buffer = frames.FrameBuffer()
-    assert buffer.feed(frames.encode(["a", 1]) + frames.encode(["b"])[:3]) == [["a", 1]]
-    assert buffer.feed(frames.encode(["b"])[3:]) == [["b"]]
-    assert buffer.feed(b"") == []
-    for bad, why in ((struct.pack(">I", 5) + b"\xdd\xff\xff\xff\xff", "max_array_len"),
-                     (b"\xff\xff\xff\xff", "frame of 4294967295 bytes")):
-        with pytest.raises(frames.FrameError, match=why):
-            frames.FrameBuffer().feed(bad)
-    with pytest.raises(frames.FrameError, match="exceeds"):
-        frames.encode(b"x" * MAX_FRAME)
