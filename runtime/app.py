@@ -43,15 +43,6 @@ from shm.metrics import heartbeat_age
 log = logging.getLogger("outpost")
 
 
-def store_options(config: Config) -> StoreOptions:
-    """The store's options from the [store] section (the checkpoint keys are not the store's)."""
-    s = config.store
-    return StoreOptions(
-        map_size=s.map_size, map_size_max=s.map_size_max, durability=s.durability,
-        fsync_interval_ms=s.fsync_interval_ms, batch_window_ms=s.batch_window_ms,
-        max_batch=s.max_batch, zstd_level=s.zstd_level)
-
-
 class Runtime:
     """The live parts of one runtime, wired together (and the `Host` the methods see)."""
 
@@ -148,7 +139,7 @@ async def run_runtime(config: Config, template: Template | None = None, *,
     supervisor gave up. Started (`nursery.start`) once the control socket
     answers, with the Runtime.
     """
-    async with open_store(config.data_dir, store_options(config)) as store:
+    async with open_store(config.data_dir, StoreOptions.of(config.store)) as store:
         config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(config.run_dir, 0o700)
         segment = Segment.create(config.segment_path, config.shm_slots)

@@ -33,7 +33,7 @@ import shutil
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,13 @@ class StoreOptions:
     zstd_level: int = 3
     max_record_bytes: int = codec.MAX_RECORD_BYTES
     keep_checkpoints: int = 2
+
+    @classmethod
+    def of(cls, settings: Any) -> StoreOptions:
+        """The options `settings` names, by attribute (e.g. the config's [store] section:
+        its other keys, like the checkpoint ones, are not the store's); the rest default."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)
+                      if hasattr(settings, f.name)})
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, what: str) -> None:
