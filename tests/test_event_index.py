@@ -22,6 +22,7 @@ from runtime.events import (
     type_index,
 )
 from runtime.store import open_store
+from tests.rules.helpers import event_log
 
 TYPES = ["start", "exit", "restart", "health", "output", "rule_fired"]
 AGENTS = ["a", "b", "c", "worker-1", None]
@@ -79,15 +80,11 @@ async def test_index_and_scan_agree_on_random_logs(tmp_path: Path) -> None:
 
 async def test_index_entries_are_in_the_same_transaction_as_their_events(
         tmp_path: Path) -> None:
-    async with open_store(tmp_path) as store:
-        events = EventLog(store)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(events.run)
-            follower = events.follow()
-            events.emit("start", "a", pid=1)
-            events.emit("exit", None)
-            [await follower.receive() for _ in range(2)]  # durable
-            nursery.cancel_scope.cancel()
+    async with event_log(tmp_path) as (store, events):
+        follower = events.follow()
+        events.emit("start", "a", pid=1)
+        events.emit("exit", None)
+        [await follower.receive() for _ in range(2)]  # durable
         assert store.commits == 1  # one batch, one commit: events and index together
         assert [e["seq"] for e in events.query(type="exit")] == [2]
         assert [e["seq"] for e in events.query(agent="a")] == [1]
@@ -136,16 +133,12 @@ async def test_pruning_keeps_the_index_consistent_and_never_returns_pruned_event
 
 
 async def test_timestamps_never_decrease_so_windows_can_be_searched(tmp_path: Path) -> None:
-    async with open_store(tmp_path) as store:
-        events = EventLog(store)
+    async with event_log(tmp_path) as (_, events):
         events._last_ts = 4e9  # as if the clock had been ahead and was stepped back
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(events.run)
-            follower = events.follow()
-            events.emit("start", "a")
-            events.emit("exit", "a")
-            got = [await follower.receive() for _ in range(2)]
-            nursery.cancel_scope.cancel()
+        follower = events.follow()
+        events.emit("start", "a")
+        events.emit("exit", "a")
+        got = [await follower.receive() for _ in range(2)]
         assert [e["ts"] for e in got] == [4e9, 4e9]
         assert len(events.query(since=4e9, until=4e9)) == 2
 
