@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from runtime.config.autonomy import AUTONOMY_SECTIONS, parse_autonomy
 from runtime.config.schema import (
     SECTIONS,
     TOP_SECTIONS,
@@ -53,13 +54,16 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         return ConfigError(f"{path}: {key}: {message}")
 
     for key in raw:
-        if key not in TOP_SECTIONS:
-            raise fail(key, "unknown section; expected one of " + ", ".join(TOP_SECTIONS))
+        if key not in TOP_SECTIONS and key not in AUTONOMY_SECTIONS:
+            raise fail(key, "unknown section; expected one of "
+                       + ", ".join((*TOP_SECTIONS, *AUTONOMY_SECTIONS)))
     rt, store, shm, control, maintain, supervisor, http = (
         _section(raw, name, cls, fail) for name, cls in SECTIONS.items())
     if store.map_size_max < store.map_size:
         raise fail("store.map_size_max", f"must be >= store.map_size ({store.map_size})")
     agents, groups = _agents_and_groups(raw, path, fail)
+    autonomy = parse_autonomy(raw, path, fail, _check, _tables,
+                              [a.name for a in agents] + [g.name for g in groups])
 
     base = path.parent
     uplink = _uplink(raw, base, fail) if "uplink" in raw else None
@@ -84,6 +88,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         maintain=_absolute_paths(maintain, base),
         uplink=uplink,
         http=_http(http, base, fail),
+        autonomy=autonomy,
     )
 
 

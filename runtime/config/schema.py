@@ -120,6 +120,8 @@ UID_LIST = _typed(list, expected="a list of integers",
 _NAME_CHECK = _typed(str, expected="a name of letters, digits, '_', '.', '-' "
                      "(starting with a letter, at most 48)",
                      check=lambda v: bool(_NAME.match(v)))
+# The same checks, public, for sections typed in other modules (runtime.config.autonomy).
+NAME, NAME_CHECK, typed, choice, int_range = _NAME, _NAME_CHECK, _typed, _choice, _int_range
 NAME_LIST = _typed(list, expected="a list of agent names",
                    check=lambda v: all(isinstance(n, str) and _NAME.match(n) for n in v))
 COMMAND = _typed(str, list, expected="a command: a string (split like a shell would) "
@@ -475,6 +477,9 @@ class Config:
     maintain: MaintainSection = field(default_factory=MaintainSection)
     uplink: UplinkSection | None = None
     http: HttpSection = field(default_factory=HttpSection)
+    # [[rules]], [[jobs]], [scheduler], [actions]: a runtime.config.autonomy.Autonomy (typed
+    # there: that module builds on this one). The loader always sets it; None = none given.
+    autonomy: Any = None
 
     @property
     def socket_path(self) -> Path:

@@ -378,11 +378,22 @@ class Store:
         return await self._submit(apply, on_durable)
 
     async def append_many(self, stream: str, records: Iterable[Any],
-                          on_durable: Callable[[list[int]], None] | None = None) -> list[int]:
+                          on_durable: Callable[[list[int]], None] | None = None,
+                          index: Callable[[int, Any], Iterable[tuple[str, Any]]] | None = None
+                          ) -> list[int]:
         """Append several records in one op (always one transaction: all or none);
-        returns their consecutive seqs once durable."""
+        returns their consecutive seqs once durable.
+
+        With `index`, what `index(seq, record)` yields for each record, (other stream,
+        record) pairs such as a secondary index naming the seq, is appended in the SAME
+        transaction, so an index never disagrees with its stream, even after a crash.
+        `index` runs in the writer thread with the transaction open: keep it a quick,
+        pure function of its arguments.
+        """
         prefix = _stream_key(stream)
         limit = self.options.max_record_bytes
+        if index is not None:
+            records = list(records)  # read twice: packed now, indexed in the writer
         datas = codec.pack_many(records, limit)
         if not datas:
             return []
@@ -399,6 +410,14 @@ class Store:
             added = cursor.putmulti(items, overwrite=False, append=at_end)[1]
             if added != len(items):
                 raise _seq_taken(stream, first)
+            if index is not None:
+                for seq, record in zip(seqs, records, strict=True):
+                    for other, entry in index(seq, record):
+                        key = _stream_key(other)
+                        at = tx.next_seq(key)
+                        if not tx.txn.put(key + pack_seq(at), codec.pack(entry, limit),
+                                          db=self._wal, overwrite=False):
+                            raise _seq_taken(other, at)
             return list(seqs)
 
         return await self._submit(apply, on_durable)
