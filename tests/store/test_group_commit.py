@@ -49,7 +49,7 @@ async def test_waiting_ops_share_one_transaction(data_dir: Path) -> None:
             await _hold_first_batch(store, gate, nursery)
             for i in range(50):
                 nursery.start_soon(store.append, "s", i)
-            await until(lambda: store._writer._queue.qsize() == 50, what="50 queued appends")
+            await until(lambda: store._writer.queued() == 50, what="50 queued appends")
             gate.released.set()
         assert gate.sizes == {1: 1, 2: 50}  # the held flush, then all 50 in one commit
         assert store.commits == 2
@@ -63,7 +63,7 @@ async def test_max_batch_caps_a_transaction(data_dir: Path) -> None:
             await _hold_first_batch(store, gate, nursery)
             for i in range(50):
                 nursery.start_soon(store.append, "s", i)
-            await until(lambda: store._writer._queue.qsize() == 50, what="50 queued appends")
+            await until(lambda: store._writer.queued() == 50, what="50 queued appends")
             gate.released.set()
         assert [gate.sizes[n] for n in sorted(gate.sizes)] == [1, 8, 8, 8, 8, 8, 8, 2]
         assert len(store.read("s")) == 50
