@@ -15,7 +15,9 @@
  * Everything atomic is done by outpost_native.c; this file only adapts calls. */
 #include <Python.h>
 
+#include <stddef.h>
 #include <string.h>
+#include <structmember.h>
 
 #include "outpost_native.h"
 
@@ -76,6 +78,12 @@ static PyObject *word_new(PyTypeObject *type, PyObject *args, PyObject *kwds,
     return (PyObject *)slot_alloc(type, view, name, sizeof(int64_t), method);
 }
 
+/* tp_new of the one-word type `kind`: Kind(segment, name) -> segment.kind_word(name). */
+#define WORD_TYPE_NEW(kind, Kind)                                                       \
+    static PyObject *kind##_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {   \
+        return word_new(type, args, kwds, "OU:" Kind, #kind "_word");                   \
+    }
+
 static void slot_dealloc(PyObject *op) {
     SlotObject *self = (SlotObject *)op;
     PyTypeObject *type = Py_TYPE(op);
@@ -88,19 +96,23 @@ static void slot_dealloc(PyObject *op) {
     Py_DECREF(type); /* instances of heap types own a reference to their type */
 }
 
-static PyObject *slot_get_name(PyObject *op, void *closure) {
-    (void)closure;
-    PyObject *name = ((SlotObject *)op)->name;
-    Py_INCREF(name);
-    return name;
-}
+/* name and word: what Counter, Gauge and Heartbeat (one word each) expose. */
+static PyMemberDef word_members[] = {
+    {"name", T_OBJECT_EX, offsetof(SlotObject, name), READONLY,
+     "The slot name this metric lives in."},
+    {"word", T_OBJECT_EX, offsetof(SlotObject, view), READONLY,
+     "The metric's 8-byte word in the mapping (a writable memoryview), for bulk native "
+     "paths such as CounterBatch."},
+    {NULL, 0, 0, 0, NULL},
+};
 
-static PyObject *slot_get_view(PyObject *op, void *closure) {
-    (void)closure;
-    PyObject *view = ((SlotObject *)op)->view;
-    Py_INCREF(view);
-    return view;
-}
+/* The type slots of a one-word metric type. */
+#define WORD_TYPE_SLOTS(doc, new_, repr_, methods_)                                  \
+    {                                                                                \
+        {Py_tp_doc, (void *)doc}, {Py_tp_new, new_}, {Py_tp_dealloc, slot_dealloc},          \
+            {Py_tp_repr, repr_}, {Py_tp_methods, methods_},                          \
+            {Py_tp_members, word_members}, {0, NULL},                                \
+    }
 
 #define WORD(op) (((SlotObject *)(op))->word)
 #define DWORD(op) ((double *)((SlotObject *)(op))->word)
@@ -111,18 +123,27 @@ static PyObject *slot_get_view(PyObject *op, void *closure) {
     if (var == -1.0 && PyErr_Occurred())                           \
         return NULL
 
+/* A METH_O method from a float to a float: `fn(word, v)` on the slot's float64. */
+#define FLOAT_OP(name, fn)                                                             \
+    static PyObject *name(PyObject *op, PyObject *arg) {                               \
+        AS_DOUBLE(v, arg);                                                             \
+        return PyFloat_FromDouble(fn(DWORD(op), v));                                   \
+    }
+
 /* ---- Counter -------------------------------------------------------------- */
 
-static PyObject *counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    return word_new(type, args, kwds, "OU:Counter", "counter_word");
-}
+WORD_TYPE_NEW(counter, "Counter")
 
+PyDoc_STRVAR(counter_inc_doc, "inc()\n--\n\nAdd one (one relaxed atomic add).");
 static PyObject *counter_inc(PyObject *op, PyObject *unused) {
     (void)unused;
     op_inc_i64(WORD(op));
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(counter_add_doc,
+             "add(n)\n--\n\nAdd the int64 n (>= 0 by convention, not checked) and return the "
+             "new total.");
 static PyObject *counter_add(PyObject *op, PyObject *arg) {
     long long n = PyLong_AsLongLong(arg);
     if (n == -1 && PyErr_Occurred())
@@ -130,6 +151,7 @@ static PyObject *counter_add(PyObject *op, PyObject *arg) {
     return PyLong_FromLongLong(op_add_i64(WORD(op), n));
 }
 
+PyDoc_STRVAR(counter_value_doc, "value()\n--\n\nThe current total (an acquire load).");
 static PyObject *counter_value(PyObject *op, PyObject *unused) {
     (void)unused;
     return PyLong_FromLongLong(op_load_i64(WORD(op)));
@@ -141,60 +163,46 @@ static PyObject *counter_repr(PyObject *op) {
 }
 
 static PyMethodDef counter_methods[] = {
-    {"inc", counter_inc, METH_NOARGS, "inc()\n--\n\nAdd one (one relaxed atomic add)."},
-    {"add", counter_add, METH_O,
-     "add(n)\n--\n\nAdd the int64 n (>= 0 by convention, not checked) and return the "
-     "new total."},
-    {"value", counter_value, METH_NOARGS, "value()\n--\n\nThe current total (an acquire load)."},
+    {"inc", counter_inc, METH_NOARGS, counter_inc_doc},
+    {"add", counter_add, METH_O, counter_add_doc},
+    {"value", counter_value, METH_NOARGS, counter_value_doc},
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef counter_getset[] = {
-    {"name", slot_get_name, NULL, "The slot name this counter lives in.", NULL},
-    {"word", slot_get_view, NULL,
-     "The counter's 8-byte word in the mapping (a writable memoryview), for bulk "
-     "native paths such as CounterBatch.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot counter_slots[] = {
-    {Py_tp_doc,
-     "Counter(segment, name)\n--\n\n"
-     "A monotonically increasing int64 in a shared-memory slot, seen by every process "
-     "that maps the segment.\n\n"
-     "segment.counter_word(name) claims the slot and returns its word. inc() adds one "
-     "and returns None; add(n) adds n and returns the new total; both are one atomic "
-     "add, so increments from any number of processes are never lost."},
-    {Py_tp_new, counter_new},
-    {Py_tp_dealloc, slot_dealloc},
-    {Py_tp_repr, counter_repr},
-    {Py_tp_methods, counter_methods},
-    {Py_tp_getset, counter_getset},
-    {0, NULL},
-};
+PyDoc_STRVAR(counter_doc,
+             "Counter(segment, name)\n--\n\n"
+             "A monotonically increasing int64 in a shared-memory slot, seen by every process "
+             "that maps the segment.\n\n"
+             "segment.counter_word(name) claims the slot and returns its word. inc() adds one "
+             "and returns None; add(n) adds n and returns the new total; both are one atomic "
+             "add, so increments from any number of processes are never lost.");
+static PyType_Slot counter_slots[] =
+    WORD_TYPE_SLOTS(counter_doc, counter_new, counter_repr, counter_methods);
 
 /* ---- Gauge ---------------------------------------------------------------- */
 
-static PyObject *gauge_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    return word_new(type, args, kwds, "OU:Gauge", "gauge_word");
-}
+WORD_TYPE_NEW(gauge, "Gauge")
 
+PyDoc_STRVAR(gauge_set_doc, "set(v)\n--\n\nStore the float v (one atomic store).");
 static PyObject *gauge_set(PyObject *op, PyObject *arg) {
     AS_DOUBLE(v, arg);
     op_store_f64(DWORD(op), v);
     Py_RETURN_NONE;
 }
 
-static PyObject *gauge_add(PyObject *op, PyObject *arg) {
-    AS_DOUBLE(v, arg);
-    return PyFloat_FromDouble(op_add_f64(DWORD(op), v));
-}
+PyDoc_STRVAR(gauge_add_doc,
+             "add(v)\n--\n\nAdd v and return the new value (a CAS loop: concurrent adds from any "
+             "number of processes lose nothing).");
+FLOAT_OP(gauge_add, op_add_f64)
 
-static PyObject *gauge_exchange(PyObject *op, PyObject *arg) {
-    AS_DOUBLE(v, arg);
-    return PyFloat_FromDouble(op_xchg_f64(DWORD(op), v));
-}
+PyDoc_STRVAR(gauge_exchange_doc,
+             "exchange(v)\n--\n\nStore v and return the value it replaced, atomically (e.g. "
+             "read-and-reset).");
+FLOAT_OP(gauge_exchange, op_xchg_f64)
 
+PyDoc_STRVAR(gauge_compare_and_set_doc,
+             "compare_and_set(expected, v)\n--\n\nStore v if the gauge holds exactly `expected` "
+             "(bit for bit); say whether it did.");
 static PyObject *gauge_compare_and_set(PyObject *op, PyObject *args) {
     double expected, v;
     if (!PyArg_ParseTuple(args, "dd:compare_and_set", &expected, &v))
@@ -202,6 +210,7 @@ static PyObject *gauge_compare_and_set(PyObject *op, PyObject *args) {
     return PyBool_FromLong(op_cas_f64(DWORD(op), expected, v));
 }
 
+PyDoc_STRVAR(gauge_value_doc, "value()\n--\n\nThe current value (an acquire load).");
 static PyObject *gauge_value(PyObject *op, PyObject *unused) {
     (void)unused;
     return PyFloat_FromDouble(op_load_f64(DWORD(op)));
@@ -217,53 +226,36 @@ static PyObject *gauge_repr(PyObject *op) {
 }
 
 static PyMethodDef gauge_methods[] = {
-    {"set", gauge_set, METH_O, "set(v)\n--\n\nStore the float v (one atomic store)."},
-    {"add", gauge_add, METH_O,
-     "add(v)\n--\n\nAdd v and return the new value (a CAS loop: concurrent adds from any "
-     "number of processes lose nothing)."},
-    {"exchange", gauge_exchange, METH_O,
-     "exchange(v)\n--\n\nStore v and return the value it replaced, atomically (e.g. "
-     "read-and-reset)."},
-    {"compare_and_set", gauge_compare_and_set, METH_VARARGS,
-     "compare_and_set(expected, v)\n--\n\nStore v if the gauge holds exactly `expected` "
-     "(bit for bit); say whether it did."},
-    {"value", gauge_value, METH_NOARGS, "value()\n--\n\nThe current value (an acquire load)."},
+    {"set", gauge_set, METH_O, gauge_set_doc},
+    {"add", gauge_add, METH_O, gauge_add_doc},
+    {"exchange", gauge_exchange, METH_O, gauge_exchange_doc},
+    {"compare_and_set", gauge_compare_and_set, METH_VARARGS, gauge_compare_and_set_doc},
+    {"value", gauge_value, METH_NOARGS, gauge_value_doc},
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef gauge_getset[] = {
-    {"name", slot_get_name, NULL, "The slot name this gauge lives in.", NULL},
-    {"word", slot_get_view, NULL,
-     "The gauge's 8-byte word (a float64) in the mapping, a writable memoryview.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot gauge_slots[] = {
-    {Py_tp_doc,
-     "Gauge(segment, name)\n--\n\n"
-     "A float64 that goes up and down, in a shared-memory slot: set(v) is an atomic "
-     "store, add(v) a CAS loop that returns the new value. Two processes adding at once "
-     "lose nothing."},
-    {Py_tp_new, gauge_new},
-    {Py_tp_dealloc, slot_dealloc},
-    {Py_tp_repr, gauge_repr},
-    {Py_tp_methods, gauge_methods},
-    {Py_tp_getset, gauge_getset},
-    {0, NULL},
-};
+PyDoc_STRVAR(gauge_doc,
+             "Gauge(segment, name)\n--\n\n"
+             "A float64 that goes up and down, in a shared-memory slot: set(v) is an atomic "
+             "store, add(v) a CAS loop that returns the new value. Two processes adding at once "
+             "lose nothing.");
+static PyType_Slot gauge_slots[] =
+    WORD_TYPE_SLOTS(gauge_doc, gauge_new, gauge_repr, gauge_methods);
 
 /* ---- Heartbeat ------------------------------------------------------------ */
 
-static PyObject *heartbeat_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    return word_new(type, args, kwds, "OU:Heartbeat", "heartbeat_word");
-}
+WORD_TYPE_NEW(heartbeat, "Heartbeat")
 
+PyDoc_STRVAR(heartbeat_beat_doc,
+             "beat()\n--\n\nStamp now (CLOCK_MONOTONIC ns, one atomic store).");
 static PyObject *heartbeat_beat(PyObject *op, PyObject *unused) {
     (void)unused;
     op_beat(WORD(op));
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(heartbeat_age_doc,
+             "age()\n--\n\nSeconds since the last beat, or None if it never beat.");
 static PyObject *heartbeat_age(PyObject *op, PyObject *unused) {
     (void)unused;
     int64_t stamp = op_load_i64(WORD(op));
@@ -273,32 +265,27 @@ static PyObject *heartbeat_age(PyObject *op, PyObject *unused) {
     return PyFloat_FromDouble(age > 0.0 ? age : 0.0);
 }
 
+static PyObject *heartbeat_repr(PyObject *op) {
+    PyObject *age = heartbeat_age(op, NULL);
+    if (age == NULL)
+        return NULL;
+    PyObject *out = PyUnicode_FromFormat("Heartbeat(%R, age=%R)", ((SlotObject *)op)->name, age);
+    Py_DECREF(age);
+    return out;
+}
+
 static PyMethodDef heartbeat_methods[] = {
-    {"beat", heartbeat_beat, METH_NOARGS,
-     "beat()\n--\n\nStamp now (CLOCK_MONOTONIC ns, one atomic store)."},
-    {"age", heartbeat_age, METH_NOARGS,
-     "age()\n--\n\nSeconds since the last beat, or None if it never beat."},
+    {"beat", heartbeat_beat, METH_NOARGS, heartbeat_beat_doc},
+    {"age", heartbeat_age, METH_NOARGS, heartbeat_age_doc},
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef heartbeat_getset[] = {
-    {"name", slot_get_name, NULL, "The slot name this heartbeat lives in.", NULL},
-    {"word", slot_get_view, NULL,
-     "The heartbeat's 8-byte stamp in the mapping, a writable memoryview.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot heartbeat_slots[] = {
-    {Py_tp_doc,
-     "Heartbeat(segment, name)\n--\n\n"
-     "A monotonic-clock stamp in a shared-memory slot: beat() records now (one atomic "
-     "store), age() says how long ago."},
-    {Py_tp_new, heartbeat_new},
-    {Py_tp_dealloc, slot_dealloc},
-    {Py_tp_methods, heartbeat_methods},
-    {Py_tp_getset, heartbeat_getset},
-    {0, NULL},
-};
+PyDoc_STRVAR(heartbeat_doc,
+             "Heartbeat(segment, name)\n--\n\n"
+             "A monotonic-clock stamp in a shared-memory slot: beat() records now (one atomic "
+             "store), age() says how long ago.");
+static PyType_Slot heartbeat_slots[] =
+    WORD_TYPE_SLOTS(heartbeat_doc, heartbeat_new, heartbeat_repr, heartbeat_methods);
 
 /* ---- Histogram ------------------------------------------------------------ */
 
@@ -335,11 +322,17 @@ static void histogram_dealloc(PyObject *op) {
     slot_dealloc(op);
 }
 
+PyDoc_STRVAR(histogram_observe_doc,
+             "observe(v)\n--\n\nCount v in its bucket (v <= bound; NaN goes to +Inf) and add it "
+             "to the sum; returns the bucket index (-1 if the slot is corrupt: nothing written).");
 static PyObject *histogram_observe(PyObject *op, PyObject *arg) {
     AS_DOUBLE(v, arg);
     return PyLong_FromLongLong(op_hist_observe(WORD(op), v));
 }
 
+PyDoc_STRVAR(histogram_value_doc,
+             "value()\n--\n\n{\"bounds\", \"buckets\" (per bucket, not cumulative), \"count\", "
+             "\"sum\"}.");
 static PyObject *histogram_value(PyObject *op, PyObject *unused) {
     (void)unused;
     /* Cold path: the snapshot code reads slots of read-only mappings without an
@@ -353,42 +346,35 @@ static PyObject *histogram_value(PyObject *op, PyObject *unused) {
     return out;
 }
 
-static PyObject *histogram_get_bounds(PyObject *op, void *closure) {
-    (void)closure;
-    PyObject *bounds = ((HistogramObject *)op)->bounds;
-    Py_INCREF(bounds);
-    return bounds;
-}
-
 static PyMethodDef histogram_methods[] = {
-    {"observe", histogram_observe, METH_O,
-     "observe(v)\n--\n\nCount v in its bucket (v <= bound; NaN goes to +Inf) and add it "
-     "to the sum; returns the bucket index (-1 if the slot is corrupt: nothing written)."},
-    {"value", histogram_value, METH_NOARGS,
-     "value()\n--\n\n{\"bounds\", \"buckets\" (per bucket, not cumulative), \"count\", "
-     "\"sum\"}."},
+    {"observe", histogram_observe, METH_O, histogram_observe_doc},
+    {"value", histogram_value, METH_NOARGS, histogram_value_doc},
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef histogram_getset[] = {
-    {"name", slot_get_name, NULL, "The slot name this histogram lives in.", NULL},
-    {"bounds", histogram_get_bounds, NULL, "The bucket upper bounds (floats).", NULL},
-    {"slot", slot_get_view, NULL, "The histogram's whole slot, a writable memoryview.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+static PyMemberDef histogram_members[] = {
+    {"name", T_OBJECT_EX, offsetof(SlotObject, name), READONLY,
+     "The slot name this histogram lives in."},
+    {"bounds", T_OBJECT_EX, offsetof(HistogramObject, bounds), READONLY,
+     "The bucket upper bounds (floats)."},
+    {"slot", T_OBJECT_EX, offsetof(SlotObject, view), READONLY,
+     "The histogram's whole slot, a writable memoryview."},
+    {NULL, 0, 0, 0, NULL},
 };
 
+PyDoc_STRVAR(histogram_doc,
+             "Histogram(segment, name, bounds)\n--\n\n"
+             "Fixed buckets in a shared-memory slot, lock-free: an observation is one atomic "
+             "bucket add plus a CAS loop on the sum.\n\n"
+             "Slot words: [nbounds, bounds..., buckets (nbounds + 1, last is +Inf)..., sum]. "
+             "A reader sees every bucket and the sum whole, but may see an observation's "
+             "bucket before its sum (as with every Prometheus client).");
 static PyType_Slot histogram_slots[] = {
-    {Py_tp_doc,
-     "Histogram(segment, name, bounds)\n--\n\n"
-     "Fixed buckets in a shared-memory slot, lock-free: an observation is one atomic "
-     "bucket add plus a CAS loop on the sum.\n\n"
-     "Slot words: [nbounds, bounds..., buckets (nbounds + 1, last is +Inf)..., sum]. "
-     "A reader sees every bucket and the sum whole, but may see an observation's "
-     "bucket before its sum (as with every Prometheus client)."},
+    {Py_tp_doc, (void *)histogram_doc},
     {Py_tp_new, histogram_new},
     {Py_tp_dealloc, histogram_dealloc},
     {Py_tp_methods, histogram_methods},
-    {Py_tp_getset, histogram_getset},
+    {Py_tp_members, histogram_members},
     {0, NULL},
 };
 

@@ -206,17 +206,22 @@ class Headroom:
         except OSError:
             self._end = 0
         self._retry_at = 0
+        self._used = self._map_size = self._chunk = 0  # as of the last due()
         self.chunks = 0  # chunks written; read by tests
 
-    def keep(self) -> None:
-        """Extend the zeroed space if LMDB's pages came within half a chunk of its end."""
+    def due(self) -> bool:
+        """Have LMDB's pages come within half a chunk of the zeroed space's end?"""
         info = self._env.info()
-        used = (info["last_pgno"] + 1) * self._psize
-        chunk = min(self.CHUNK_MAX, max(self.CHUNK_MIN, self._end // 8))
-        if used + chunk // 2 <= self._end or used < self._retry_at:
-            return
+        self._used = used = (info["last_pgno"] + 1) * self._psize
+        self._map_size = info["map_size"]
+        chunk = self._chunk = min(self.CHUNK_MAX, max(self.CHUNK_MIN, self._end // 8))
+        return used + chunk // 2 > self._end and used >= self._retry_at
+
+    def extend(self) -> None:
+        """Write the next chunk of zeros (after due() said so; no transaction open)."""
+        used, chunk = self._used, self._chunk
         start = max(used, self._end)
-        end = min(info["map_size"], start + chunk)
+        end = min(self._map_size, start + chunk)
         if end <= start:
             return
         try:
@@ -368,9 +373,14 @@ class GroupCommitWriter:
                 dirty = True
                 if time.monotonic() - last_sync >= self._fsync_interval:
                     last_sync, dirty = self._fsync(), False
-            self._token.run_sync_soon(_complete, batch)
             self._inflight = None
-            self._headroom.keep()  # after the acks went out: it delays only the next commit
+            # Bookkeeping before the wake-up, so the thread is asleep (the GIL free) by
+            # the time the event loop runs the acks; writing headroom after it, so
+            # that delays only the next commit.
+            extend = self._headroom.due()
+            self._token.run_sync_soon(_complete, batch)
+            if extend:
+                self._headroom.extend()
         if dirty:
             self._fsync()
 

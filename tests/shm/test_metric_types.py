@@ -1,6 +1,6 @@
 """Gauge, Heartbeat and Histogram, the native types: one value per slot across objects,
-mappings and processes, nothing lost under four processes, clear errors for bad input,
-an owned mapping (no use-after-unmap), and final.
+mappings and processes, nothing lost under four processes, clear errors for bad input
+(Counter's too), an owned mapping (no use-after-unmap), and final.
 """
 
 from __future__ import annotations
@@ -14,17 +14,9 @@ from pathlib import Path
 import pytest
 from shm._native import ffi, lib
 
-from shm import Gauge, Heartbeat, Histogram, Segment, SegmentError
+from shm import Counter, Gauge, Heartbeat, Histogram, Segment, SegmentError
 from shm.segment import GAUGE, HEARTBEAT, HISTOGRAM
-from tests.shm.conftest import FORK, run_all
-
-PROCS = 4
-MILLION = 1_000_000
-
-
-def attach(path: Path) -> Segment:
-    return Segment.attach(path, writable=True)
-
+from tests.shm.conftest import FORK, MILLION, PROCS, attach, run_all
 
 # -- shared values ------------------------------------------------------------------
 
@@ -140,7 +132,7 @@ def test_objects_made_before_fork_write_the_shared_slot(seg: Segment) -> None:
 
 
 def test_bad_arguments_say_what_is_wrong(seg: Segment) -> None:
-    for kind in (Gauge, Heartbeat):
+    for kind in (Counter, Gauge, Heartbeat):
         with pytest.raises(TypeError, match="must be str"):
             kind(seg, 3)
         with pytest.raises(AttributeError, match="_word"):

@@ -9,7 +9,6 @@ with what was committed; no timing is involved.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -20,25 +19,7 @@ from runtime.agents.context import CountingState
 from runtime.store import KeyValueState, StateError, StoreError, StoreOptions, open_store
 from shm import Counter, Segment
 
-from .conftest import gather, until
-
-
-class Hold:
-    """Holds the writer just before commit() of batch `number` until released."""
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-        self.entered = threading.Event()
-        self.released = threading.Event()
-        self.batches: dict[int, list] = {}  # commit number -> its ops, after commit()
-
-    def before(self, number: int, ops: list) -> None:
-        if number == self.number:
-            self.entered.set()
-            self.released.wait(30)
-
-    def after(self, number: int, ops: list) -> None:
-        self.batches[number] = list(ops)
+from .conftest import CommitGate, gather, until
 
 
 @pytest.fixture
@@ -48,7 +29,7 @@ def segment(tmp_path: Path):
     seg.close()
 
 
-async def _queue_behind_a_held_commit(store, hold: Hold, nursery: trio.Nursery) -> None:
+async def _queue_behind_a_held_commit(store, hold: CommitGate, nursery: trio.Nursery) -> None:
     store.set_commit_hooks(hold.before, hold.after)
     nursery.start_soon(store.flush)
     await trio.to_thread.run_sync(hold.entered.wait, 30)
@@ -57,7 +38,7 @@ async def _queue_behind_a_held_commit(store, hold: Hold, nursery: trio.Nursery) 
 async def test_bad_records_in_a_batch_fail_alone_and_the_rest_commit_as_one(
         data_dir: Path) -> None:
     async with open_store(data_dir, StoreOptions(max_record_bytes=1000)) as store:
-        hold = Hold(1)
+        hold = CommitGate(1)
         async with trio.open_nursery() as nursery:
             await _queue_behind_a_held_commit(store, hold, nursery)
             calls = [
@@ -136,7 +117,7 @@ async def test_nothing_is_visible_or_counted_while_its_commit_is_held(
         writes = Counter(segment, "w:state_writes")
         state = CountingState(await KeyValueState.load(store, "kv"), writes)
         await state.set("before", 1)
-        hold = Hold(store.commits + 1)
+        hold = CommitGate(store.commits + 1)
         store.set_commit_hooks(hold.before, hold.after)
         async with trio.open_nursery() as nursery:
             for i in range(20):
@@ -184,7 +165,7 @@ async def test_a_cancelled_state_write_still_learns_its_outcome(
     async with open_store(data_dir) as store:
         state = CountingState(await KeyValueState.load(store, "kv"),
                               Counter(segment, "w:state_writes"))
-        hold = Hold(1)
+        hold = CommitGate(1)
         got: list[object] = []
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
