@@ -10,13 +10,12 @@ acknowledged.
 
 The hot op, one record appended to a stream, is data rather than code: the
 writer packs its record (one msgpack Packer, in this thread, off the event
-loop) and puts it under the stream's next seq in a tight loop, so a state
+loop) and puts it under the stream's next seq in one tight loop, so a state
 write costs the event loop no packing and no closure.
 
 Failure rules:
-- a record that cannot be packed (not plain data, over the size limit) fails
-  alone, before the transaction begins;
-- an op whose `apply` raises fails alone: the transaction is aborted, sequence
+- an op whose `apply` raises, or whose record cannot be packed (not plain
+  data, over the size limit), fails alone: the transaction is aborted, sequence
   counters roll back, and the rest of the batch is retried without it;
 - MapFullError grows the map (outside any transaction, with reads held off)
   and retries, up to the cap; past it the batch gets StoreFullError;
@@ -469,27 +468,10 @@ class GroupCommitWriter:
             log.error("store fsync failed: %s", exc)
         return time.monotonic()
 
-    def _pack(self, batch: list[WriteOp]) -> None:
-        """Pack every append's record; one that cannot be packed fails alone, now."""
-        pack, limit = codec.packer().pack, self._max_record
-        for op in batch:
-            if op.stream is not None and op.data is None and op.error is None:
-                try:
-                    data = pack(op.record)
-                except Exception:
-                    data = None
-                if data is None or len(data) > limit:
-                    try:  # the slow path says what is wrong with it
-                        data = codec.pack(op.record, limit)
-                    except StoreError as exc:
-                        op.error = exc
-                        continue
-                op.data = data
-
     def _commit(self, batch: list[WriteOp]) -> bool:
         """Apply and commit `batch`; True if a transaction with its live ops committed."""
-        self._pack(batch)
         pack_seq, db = _SEQ.pack, self._append_db
+        pack, limit = codec.packer().pack, self._max_record
         while True:
             live = [op for op in batch if op.error is None]
             if not live:
@@ -506,6 +488,17 @@ class GroupCommitWriter:
                         op.result = op.apply(tx)
                         continue
                     # The append, inlined: it is most of every batch.
+                    data = op.data
+                    if data is None:
+                        try:
+                            data = pack(op.record)
+                        except Exception:
+                            data = b""
+                        if not data or len(data) > limit:
+                            # The slow path raises a StoreError that says what is wrong,
+                            # and the op fails alone (the batch is retried without it).
+                            data = codec.pack(op.record, limit)
+                        op.data = data
                     seq = seqs.get(stream, 0) + 1
                     if stream not in undo:
                         undo[stream] = seq - 1
@@ -513,7 +506,7 @@ class GroupCommitWriter:
                     # Not append=True: MDB_APPEND compares with the last key of the whole
                     # database (another stream's), and py-lmdb then returns False instead
                     # of raising, which would silently drop the record.
-                    if not put(stream + pack_seq(seq), op.data, db=db, overwrite=False):
+                    if not put(stream + pack_seq(seq), data, db=db, overwrite=False):
                         raise seq_taken(stream, seq)
                     op.result = seq
                 failed_op = None
