@@ -472,6 +472,7 @@ class GroupCommitWriter:
         """Apply and commit `batch`; True if a transaction with its live ops committed."""
         pack_seq, db = _SEQ.pack, self._append_db
         pack, limit = codec.packer().pack, self._max_record
+        one_by_one = False  # after a bulk put came up short: find the op that failed
         while True:
             live = [op for op in batch if op.error is None]
             if not live:
@@ -479,12 +480,15 @@ class GroupCommitWriter:
             txn = self._env.begin(write=True)
             tx = Txn(txn, self._seqs)
             seqs, undo, put = tx._seqs, tx._undo, txn.put
+            items: list[tuple[bytes, bytes]] = []  # appends not yet put, in order
             failed_op = None
             try:
                 for op in live:
                     failed_op = op
                     stream = op.stream
                     if stream is None:
+                        if items:  # the op may read what the appends before it wrote
+                            self._put_all(txn, items)
                         op.result = op.apply(tx)
                         continue
                     # The append, inlined: it is most of every batch.
@@ -503,16 +507,22 @@ class GroupCommitWriter:
                     if stream not in undo:
                         undo[stream] = seq - 1
                     seqs[stream] = seq
-                    # Not append=True: MDB_APPEND compares with the last key of the whole
-                    # database (another stream's), and py-lmdb then returns False instead
-                    # of raising, which would silently drop the record.
-                    if not put(stream + pack_seq(seq), data, db=db, overwrite=False):
-                        raise seq_taken(stream, seq)
                     op.result = seq
+                    if one_by_one:
+                        if not put(stream + pack_seq(seq), data, db=db, overwrite=False):
+                            raise seq_taken(stream, seq)
+                    else:
+                        items.append((stream + pack_seq(seq), data))
                 failed_op = None
+                if items:
+                    self._put_all(txn, items)
                 if self.before_commit is not None:
                     self.before_commit(self.commits + 1, live)
                 txn.commit()
+            except _ShortPut:
+                _abort(txn, tx)
+                one_by_one = True
+                continue
             except lmdb.MapFullError:
                 _abort(txn, tx)
                 if not self._grow():
@@ -543,6 +553,15 @@ class GroupCommitWriter:
             if self.after_commit is not None:
                 self.after_commit(self.commits, live)
             return True
+
+    def _put_all(self, txn: lmdb.Transaction, items: list[tuple[bytes, bytes]]) -> None:
+        """Put pending appends in one call (and clear them); _ShortPut if a key existed."""
+        # Not append=True: MDB_APPEND compares with the last key of the whole database
+        # (another stream's), and py-lmdb then refuses silently instead of raising.
+        added = txn.cursor(db=self._append_db).putmulti(items, overwrite=False)[1]
+        if added != len(items):
+            raise _ShortPut
+        items.clear()
 
     def _grow(self) -> bool:
         """Double the map (outside any write transaction) up to the cap."""
@@ -635,6 +654,10 @@ def _fail(ops: list[WriteOp], error: StoreError) -> None:
     for op in ops:
         op.error = error
         op.result = None
+
+
+class _ShortPut(Exception):
+    """A bulk put stored fewer records than given: redo the batch op by op to name it."""
 
 
 def seq_taken(stream: bytes, seq: int) -> StoreError:

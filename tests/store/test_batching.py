@@ -17,6 +17,7 @@ import trio.testing
 
 from runtime.agents.context import CountingState
 from runtime.store import KeyValueState, StateError, StoreError, StoreOptions, open_store
+from runtime.store.store import stream_key
 from shm import Counter, Segment
 
 from .conftest import CommitGate, gather, until
@@ -199,3 +200,33 @@ async def test_headroom_keeps_allocated_zeroed_space_ahead_of_lmdb(data_dir: Pat
     async with open_store(data_dir) as store:
         records = store.read("s")
         assert len(records) == 12_000 and records[-1][1]["n"] == 59
+
+
+async def test_a_seq_already_in_the_log_fails_only_its_append(data_dir: Path) -> None:
+    """Something else wrote the key the next append would take: that append is
+    refused and named, the one before it in the same batch commits."""
+    async with open_store(data_dir) as store:
+        assert await store.append("s", "a") == 1
+
+        def intrude(tx) -> None:  # as if another program had written seq 3
+            tx.txn.put(stream_key("s") + (3).to_bytes(8, "big"), b"\xa1x",
+                       db=store._wal)
+
+        await store._submit(intrude)
+        hold = CommitGate(store.commits + 1)
+        async with trio.open_nursery() as nursery:
+            await _queue_behind_a_held_commit(store, hold, nursery)
+            results: list[object] = [None, None]
+
+            async def run(i: int, record: str) -> None:
+                [results[i]] = await gather(lambda: store.append("s", record))
+
+            nursery.start_soon(run, 0, "b")
+            await until(lambda: store._writer.queued() == 1, what="first append queued")
+            nursery.start_soon(run, 1, "c")
+            await until(lambda: store._writer.queued() == 2, what="second append queued")
+            hold.released.set()
+        assert results[0] == 2
+        assert isinstance(results[1], StoreError)
+        assert "seq 3 is already stored" in str(results[1])
+        assert [r for _, r in store.read("s")] == ["a", "b", "x"]
