@@ -1,4 +1,8 @@
-"""`outpost run`: the root nursery that owns every part of a live runtime.
+"""`outpost run`: the composition root and the root nursery of a live runtime.
+
+`Runtime` builds every part and wires each to the ports of the others (the
+one `Methods` table gets the core handlers and the maintenance tasks; the
+control server serves that table); this is the only module that knows them all.
 
 Open order (and the reverse close order): store (takes the data-dir lock
 first, so a second runtime touches nothing of the first) -> shared-memory
@@ -9,6 +13,7 @@ the store, removes the socket and the segment.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -19,16 +24,19 @@ import trio
 
 from runtime import __version__
 from runtime.agents import AgentContext, state_stream
+from runtime.agents.directory import AgentDirectory
 from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec, Config
-from runtime.control import ControlServer
+from runtime.control.dispatch import Caller, Methods
+from runtime.control.server import ControlServer
 from runtime.events import EventLog
 from runtime.maintain.disk import DiskGuard
-from runtime.maintain.online import register as register_maintenance
+from runtime.maintain.online import online_tasks
 from runtime.methods import control_methods
 from runtime.store import StateBook, Store, StoreOptions, open_store
 from runtime.supervisor import RootGaveUp, Supervisor
 from runtime.supervisor.template import Template, TemplateClient
+from runtime.telemetry import HELP, Telemetry
 from shm import Segment
 from shm.metrics import heartbeat_age
 
@@ -39,13 +47,13 @@ def store_options(config: Config) -> StoreOptions:
     """The store's options from the [store] section (the checkpoint keys are not the store's)."""
     s = config.store
     return StoreOptions(
-        map_size=s["map_size"], map_size_max=s["map_size_max"], durability=s["durability"],
-        fsync_interval_ms=s["fsync_interval_ms"], batch_window_ms=s["batch_window_ms"],
-        max_batch=s["max_batch"], zstd_level=s["zstd_level"])
+        map_size=s.map_size, map_size_max=s.map_size_max, durability=s.durability,
+        fsync_interval_ms=s.fsync_interval_ms, batch_window_ms=s.batch_window_ms,
+        max_batch=s.max_batch, zstd_level=s.zstd_level)
 
 
 class Runtime:
-    """The live parts of one runtime, as the control methods see them."""
+    """The live parts of one runtime, wired together (and the `Host` the methods see)."""
 
     def __init__(self, config: Config, store: Store, segment: Segment, book: StateBook,
                  template: Template | None = None) -> None:
@@ -57,24 +65,38 @@ class Runtime:
         self.started = time.monotonic()
         self.shutdown_requested = trio.Event()
         self._heartbeat_words: dict[str, Any] = {}  # agent -> its heartbeat slot
-        # Maintenance the `maintain` control method can run inside the runtime, by
-        # name (runtime.methods.MaintenanceTask); runtime/maintain registers its tasks.
-        self.maintenance_tasks: dict[str, Any] = {}
-        self.disk_guard = DiskGuard(config, self.events, config.maintain["disk_check_interval_s"])
-        register_maintenance(self)
-        self.control: ControlServer | None = None  # set once the socket is served
+        self.disk_guard = DiskGuard(config, self.events, config.maintain.disk_check_interval_s)
         # Supervision: process/exec agents are forked by the template (started before trio).
         self.template = None if template is None else TemplateClient(template)
         self.gave_up: str | None = None
-        self.mailboxes = Mailboxes(store, book, known=lambda name: self.supervisor.find(name)
-                                   is not None, on_send=self._count_send)
+        self.agents = AgentDirectory()  # the supervisor keeps it current; mailboxes read it
+        self.mailboxes = Mailboxes(store, book, self.agents, on_send=self._count_send)
         self.supervisor = Supervisor(
             config.agents, self.make_context, self.heartbeat_age, self.events.emit,
             groups=config.groups, root=config.supervisor, template=self.template,
-            segment=segment, book=book, mailboxes=self.mailboxes,
-            log_dir=config.maintain.get("logs_dir") or config.data_dir.parent / "log",
+            segment=segment, book=book, mailboxes=self.mailboxes, directory=self.agents,
+            log_dir=config.maintain.logs_dir,
             data_dir=config.data_dir, log_level=config.log_level,
             on_root_give_up=self._root_gave_up)
+        self.methods = Methods()
+        self.methods.add(control_methods(
+            host=self, supervisor=self.supervisor, book=book, flush=store.flush,
+            mailboxes=self.mailboxes, events=self.events, segment=segment,
+            maintenance=online_tasks(config, store, book, self.events, self.disk_guard)))
+        self.control = ControlServer(config.socket_path, self.methods,
+                                     config.allowed_uids, config.allowed_gids)
+
+    @property
+    def stopping(self) -> bool:
+        return self.shutdown_requested.is_set()
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested.set()
+
+    def use_config(self, config: Config) -> None:
+        """Take a reloaded config as the one in force ([control] applies at once)."""
+        self.config = config
+        self.control.set_allowed(config.allowed_uids, config.allowed_gids)
 
     def _root_gave_up(self, reason: str) -> None:
         self.gave_up = reason
@@ -101,6 +123,8 @@ class Runtime:
         return None if age is None else round(age, 3)
 
     def info(self) -> dict:
+        """Version, pid, uptime, paths, how many agents, the control socket's counters."""
+        control = self.control
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -108,15 +132,21 @@ class Runtime:
             "config": str(self.config.path),
             "data_dir": str(self.config.data_dir),
             "run_dir": str(self.config.run_dir),
+            "agents": len(self.supervisor.children),
+            "control": {"socket": str(control.path), "connections": control.active,
+                        "refused": control.refused, "requests": control.requests,
+                        "accept_failures": control.accept_failures},
         }
 
 
-async def run_runtime(config: Config, template: Template | None = None) -> None:
+async def run_runtime(config: Config, template: Template | None = None, *,
+                      task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED) -> None:
     """Run until a signal or a shutdown request; raises on a start-up failure.
 
     `template` is the agent template process, forked before trio started
     (runtime.supervisor.template). RootGaveUp after a clean stop if the root
-    supervisor gave up.
+    supervisor gave up. Started (`nursery.start`) once the control socket
+    answers, with the Runtime.
     """
     async with open_store(config.data_dir, store_options(config)) as store:
         config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -124,10 +154,10 @@ async def run_runtime(config: Config, template: Template | None = None) -> None:
         segment = Segment.create(config.segment_path, config.shm_slots)
         try:
             s = config.store
-            book = StateBook(store, s["checkpoint_every_ops"], s["checkpoint_every_s"],
-                             s["checkpoint_keep_tail"])
+            book = StateBook(store, s.checkpoint_every_ops, s.checkpoint_every_s,
+                             s.checkpoint_keep_tail)
             rt = Runtime(config, store, segment, book, template)
-            await _serve(rt)
+            await _serve(rt, task_status)
         finally:
             segment.unlink()
             segment.close()
@@ -136,8 +166,13 @@ async def run_runtime(config: Config, template: Template | None = None) -> None:
     log.info("outpost stopped cleanly")
 
 
-async def _serve(rt: Runtime) -> None:
+async def _serve(rt: Runtime, task_status: trio.TaskStatus[Runtime]) -> None:
     config = rt.config
+    http = None
+    if config.http.enabled:  # built before anything starts: a bad token file refuses
+        from runtime.http.serve import HttpFace  # hypercorn is loaded only when it serves
+        http = HttpFace(config.http, functools.partial(rt.methods.call, caller=Caller("http")),
+                        rt.segment, metrics_help=HELP)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             nursery.start_soon(_on_signal, signals, rt.shutdown_requested)
@@ -148,11 +183,14 @@ async def _serve(rt: Runtime) -> None:
             if rt.template is not None:
                 await nursery.start(rt.template.run)
             await nursery.start(rt.supervisor.run)
-            server = rt.control = ControlServer(config.socket_path, control_methods(rt),
-                                                config.allowed_uids, config.allowed_gids)
-            await nursery.start(server.serve)
+            await nursery.start(rt.control.serve)
+            await nursery.start(Telemetry(rt.segment, rt.store, rt.events, rt.disk_guard,
+                                          rt.methods.call).run)
+            if http is not None:
+                await nursery.start(http.run)
             log.info("outpost %s running: %d agent(s), control socket %s", __version__,
                      len(config.agents), config.socket_path)
+            task_status.started(rt)
             await rt.shutdown_requested.wait()
             log.info("shutting down: stopping agents in reverse start order")
             rt.events.emit("runtime-stop", None, pid=os.getpid())

@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 
+from runtime.exitcodes import EXIT_FAILED
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -23,4 +25,4 @@ def bind_to_bootloader() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the bootloader died before prctl took effect
-        os._exit(1)
+        os._exit(EXIT_FAILED)

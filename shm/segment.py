@@ -184,6 +184,7 @@ class Segment:
         # segment lives, so each directory entry is read once; entries before
         # _scanned are all cached.
         self._found: dict[str, tuple[int, int]] = {}
+        self._ready: list[tuple[int, str, int]] = []
         self._scanned = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -441,6 +442,15 @@ class Segment:
             index += 1
             if contiguous:
                 self._scanned = index
+
+    def ready_slots(self) -> list[tuple[int, str, int]]:
+        """(index, name, kind) of every ready slot, like slots(), but reading only the
+        directory entries not seen before (a ready slot never changes): what a
+        scrape walks instead of decoding every name each time. Do not modify it."""
+        self._read_new_entries()
+        if len(self._ready) != len(self._found):
+            self._ready = [(index, name, kind) for name, (index, kind) in self._found.items()]
+        return self._ready
 
     def slots(self) -> Iterator[tuple[int, str, int]]:
         """(index, name, kind) of every ready slot, in directory order."""

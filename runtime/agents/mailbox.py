@@ -7,6 +7,9 @@ state (`agent/<name>/inbox-acked`), so after a crash or restart delivery
 resumes after the last acknowledged message: a message can be delivered twice
 (at-least-once), never lost. A send with an idempotency key already in the
 inbox returns the first send's seq and stores nothing (delivered once).
+
+Who may receive is the shared `AgentDirectory`'s answer; a send it refuses (an
+unknown recipient, a key that is not a string) raises `MailboxError`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ from typing import Any
 
 import trio
 
+from runtime.agents.directory import AgentDirectory
 from runtime.store import StateBook, Store
+
+
+class MailboxError(Exception):
+    """A send the mailboxes refuse; str() is a full sentence for the user."""
 
 
 def inbox_stream(agent: str) -> str:
@@ -39,14 +47,17 @@ class Message:
 
 
 class Mailboxes:
-    """Every agent's inbox in one store. `rt.mailboxes.send(...)` is the runtime's entry."""
+    """Every agent's inbox in one store. `rt.mailboxes.send(...)` is the runtime's entry.
 
-    def __init__(self, store: Store, book: StateBook,
-                 known: Callable[[str], bool] = lambda name: True,
+    With a `directory`, only agents in it receive; without one (a store used on
+    its own, as in tests) any name does.
+    """
+
+    def __init__(self, store: Store, book: StateBook, directory: AgentDirectory | None = None,
                  on_send: Callable[[str | None, str], None] = lambda sender, to: None) -> None:
         self.store = store
         self.book = book
-        self._known = known
+        self.directory = directory
         self._on_send = on_send  # counters: messages_out of the sender
         self._keys: dict[str, dict[str, int | trio.Event]] = {}
         self._arrived: dict[str, trio.Event] = {}
@@ -66,11 +77,12 @@ class Mailboxes:
     async def send(self, to: str, msg: Any, key: str | None = None,
                    sender: str | None = None) -> int:
         """Store `msg` durably in `to`'s inbox; returns its seq (the first one for a known key)."""
-        if not self._known(to):
-            from runtime.supervisor.errors import UnknownAgentError
-            raise UnknownAgentError(to)
+        directory = self.directory
+        if directory is not None and to not in directory:
+            known = ", ".join(directory.names()) or "none"
+            raise MailboxError(f"no agent named {to!r} to send to (agents: {known})")
         if key is not None and not isinstance(key, str):
-            raise TypeError(f"idempotency key must be a string, got {type(key).__name__}")
+            raise MailboxError(f"an idempotency key must be a string, not {type(key).__name__}")
         keys = self._keys_of(to)
         if key is not None:
             while True:

@@ -29,15 +29,10 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from runtime import __version__
+from runtime.cli.common import CliError, attach_segment, connect
 from runtime.cli.format import duration, percent, rate, size, table
-from runtime.cli.main import (
-    EXIT_NOT_RUNNING,
-    EXIT_OK,
-    CliError,
-    _attach_segment,
-    _connect,
-)
-from runtime.control import ControlClient, NotRunningError, RemoteError
+from runtime.control.client import ControlClient, NotRunningError, RemoteError
+from runtime.exitcodes import EXIT_NOT_RUNNING, EXIT_OK
 from shm import Segment, SegmentError, read_slots
 from shm.segment import COUNTER, GAUGE, HEARTBEAT
 
@@ -120,7 +115,7 @@ class _Rpc:
     def refresh(self, model: TopModel, now: float) -> None:
         try:
             if self.client is None:
-                self.client = _connect(self.args)
+                self.client = connect(self.args)
                 self.info = self.client.call("info")
             rows = self.client.call("status")["agents"]
         except (CliError, NotRunningError, RemoteError, OSError):
@@ -138,7 +133,7 @@ class _Rpc:
 def _frames(args: argparse.Namespace, live: bool) -> Iterator[tuple[list[dict], str | None]]:
     """(rows, problem) per frame; reattaches when the runtime restarts. With `live`
     False, a runtime that goes away ends the view (exit 3)."""
-    segment: Segment | None = _attach_segment(args)  # exit 3 if nothing runs now
+    segment: Segment | None = attach_segment(args)  # exit 3 if nothing runs now
     model = TopModel()
     rpc = _Rpc(args)
     next_rpc = 0.0
@@ -150,7 +145,7 @@ def _frames(args: argparse.Namespace, live: bool) -> Iterator[tuple[list[dict], 
                 segment = None
             if segment is None:
                 try:
-                    segment = _attach_segment(args)
+                    segment = attach_segment(args)
                     model = TopModel()  # a new runtime: old counters mean nothing
                     rpc.close()
                     next_rpc = 0.0

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
+import socket as _socket
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from runtime.config.schema import (
-    AGENT_KEYS,
-    CONTROL_KEYS,
-    GROUP_KEYS,
-    MAINTAIN_KEYS,
-    RUNTIME_KEYS,
-    SHM_KEYS,
-    STORE_KEYS,
-    SUPERVISOR_KEYS,
+    SECTIONS,
     TOP_SECTIONS,
     AgentSpec,
     Config,
     ConfigError,
     GroupSpec,
-    Key,
+    HttpSection,
+    MaintainSection,
+    UplinkSection,
+    keys_of,
+    required_keys,
 )
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
@@ -56,40 +55,95 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     for key in raw:
         if key not in TOP_SECTIONS:
             raise fail(key, "unknown section; expected one of " + ", ".join(TOP_SECTIONS))
-    rt = _section(raw, "runtime", RUNTIME_KEYS, fail)
-    store = _section(raw, "store", STORE_KEYS, fail)
-    shm = _section(raw, "shm", SHM_KEYS, fail)
-    control = _section(raw, "control", CONTROL_KEYS, fail)
-    maintain = _section(raw, "maintain", MAINTAIN_KEYS, fail)
-    if store["map_size_max"] < store["map_size"]:
-        raise fail("store.map_size_max", f"must be >= store.map_size ({store['map_size']})")
-
-    supervisor = _section(raw, "supervisor", SUPERVISOR_KEYS, fail)
+    rt, store, shm, control, maintain, supervisor, http = (
+        _section(raw, name, cls, fail) for name, cls in SECTIONS.items())
+    if store.map_size_max < store.map_size:
+        raise fail("store.map_size_max", f"must be >= store.map_size ({store.map_size})")
     agents, groups = _agents_and_groups(raw, path, fail)
 
     base = path.parent
-    run_dir = (base / rt["run_dir"]).resolve()
+    uplink = _uplink(raw, base, fail) if "uplink" in raw else None
+    run_dir = (base / rt.run_dir).resolve()
     socket = run_dir / "outpost.sock"
     if len(os.fsencode(socket)) > _SOCKET_PATH_MAX:
         raise fail("runtime.run_dir", f"too long for a Unix socket path ({socket}); "
                    f"use a path of at most {_SOCKET_PATH_MAX - len('/outpost.sock')} bytes")
     return Config(
         path=path,
-        data_dir=(base / rt["data_dir"]).resolve(),
+        data_dir=(base / rt.data_dir).resolve(),
         run_dir=run_dir,
-        log_level=rt["log_level"],
-        shutdown_timeout_s=float(rt["shutdown_timeout_s"]),
+        log_level=rt.log_level,
+        shutdown_timeout_s=float(rt.shutdown_timeout_s),
         store=store,
-        shm_slots=shm["slots"],
-        allowed_uids=tuple(control["allowed_uids"]),
-        allowed_gids=tuple(control["allowed_gids"]),
+        shm_slots=shm.slots,
+        allowed_uids=tuple(control.allowed_uids),
+        allowed_gids=tuple(control.allowed_gids),
         agents=agents,
         groups=groups,
         supervisor=supervisor,
-        maintain={**maintain,
-                  "archive_dir": (base / maintain["archive_dir"]).resolve(),
-                  "logs_dir": (base / maintain["logs_dir"]).resolve()},
+        maintain=_absolute_paths(maintain, base),
+        uplink=uplink,
+        http=_http(http, base, fail),
     )
+
+
+def _absolute_paths(maintain: MaintainSection, base: Path) -> MaintainSection:
+    return dataclasses.replace(maintain, archive_dir=(base / maintain.archive_dir).resolve(),
+                               logs_dir=(base / maintain.logs_dir).resolve())
+
+
+def _uplink(raw: dict, base: Path, fail) -> UplinkSection:
+    """[uplink], with host_id resolved (default: the short hostname), file paths made
+    absolute and the credentials checked for exactly one way to log in."""
+    up = _section(raw, "uplink", UplinkSection, fail)
+    host_id = up.host_id
+    if host_id is None:
+        host_id = _socket.gethostname().split(".", 1)[0]
+        try:
+            keys_of(UplinkSection)["host_id"].convert(host_id)
+        except ValueError:
+            raise fail("uplink.host_id", f"the hostname {host_id!r} is not a NATS subject "
+                       "token; set host_id (letters, digits, '_', '-')") from None
+    ways = [name for name, given in (("creds_file", up.creds_file), ("nkey_file", up.nkey_file),
+                                     ("user", up.user), ("token", up.token)) if given]
+    if len(ways) > 1:
+        raise fail(f"uplink.{ways[1]}", f"give one way to log in, not {' and '.join(ways)}")
+    if (up.user is None) != (up.password is None):
+        raise fail("uplink.password" if up.user else "uplink.user",
+                   "user and password go together")
+
+    def absolute(value: Any) -> Path | None:
+        return None if value is None else (base / value).resolve()
+
+    tls = dataclasses.replace(up.tls, ca_file=absolute(up.tls.ca_file),
+                              cert_file=absolute(up.tls.cert_file),
+                              key_file=absolute(up.tls.key_file))
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise fail("uplink.tls.key_file" if tls.cert_file else "uplink.tls.cert_file",
+                   "cert_file and key_file go together (mutual TLS)")
+    for name in up.send.state_of:
+        if not any(a.get("name") == name for a in raw.get("agents", [])
+                   if isinstance(a, dict)):
+            raise fail("uplink.send.state_of", f"no agent named {name!r}")
+    return dataclasses.replace(up, host_id=host_id, tls=tls, creds_file=absolute(up.creds_file),
+                               nkey_file=absolute(up.nkey_file))
+def _http(http: HttpSection, base: Path, fail) -> HttpSection:
+    """[http] with absolute paths; a listen reachable from other hosts needs a token."""
+    token = None if http.auth_token_file is None else (base / http.auth_token_file).resolve()
+    address = http.address
+    if address.path is not None:
+        path = (base / address.path).resolve()
+        if len(os.fsencode(path)) > _SOCKET_PATH_MAX:
+            raise fail("http.listen", f"too long for a Unix socket path ({path}); use a path "
+                       f"of at most {_SOCKET_PATH_MAX} bytes")
+        http = dataclasses.replace(http, listen=f"unix:{path}")
+    elif http.enabled and token is None and not address.local:
+        raise fail("http.auth_token_file", f"required: listen = {http.listen!r} is reachable "
+                   "from other hosts, so the console needs a token; put a random one in a "
+                   "file only outpost's user can read (e.g. `head -c 32 /dev/urandom | "
+                   "base64 > http.token && chmod 600 http.token`) and set auth_token_file, or "
+                   "listen on loopback ('127.0.0.1:9477') or a Unix socket")
+    return dataclasses.replace(http, auth_token_file=token)
 
 
 def _tables(raw: dict, name: str, fail) -> list[tuple[str, dict]]:
@@ -108,7 +162,7 @@ def _agents_and_groups(raw: dict, path: Path, fail) \
     groups: list[GroupSpec] = []
     group_names: dict[str, str] = {}
     for where, table in _tables(raw, "groups", fail):
-        values = _check(table, GROUP_KEYS, where, fail)
+        values = _check(table, GroupSpec, where, fail)
         if values["name"] in group_names:
             raise fail(f"{where}.name", f"duplicate group name {values['name']!r}")
         group_names[values["name"]] = where
@@ -128,18 +182,21 @@ def _agents_and_groups(raw: dict, path: Path, fail) \
     agents: list[AgentSpec] = []
     wheres: dict[str, str] = {}
     for where, table in _tables(raw, "agents", fail):
-        values = _check(table, AGENT_KEYS, where, fail)
+        values = _check(table, AgentSpec, where, fail)
         name = values["name"]
         if name in wheres:
             raise fail(f"{where}.name", f"duplicate agent name {name!r}")
         if name in group_names:
             raise fail(f"{where}.name", f"{name!r} is already a group name")
+        if name == "outpost":  # shm.exposition.RUNTIME_OWNER: the runtime's own slots
+            raise fail(f"{where}.name", "'outpost' is reserved for the runtime's own metrics; "
+                       "choose another agent name")
         wheres[name] = where
-        kind = values["kind"]
+        kind = values.get("kind", AgentSpec.kind)
         if kind == "exec":
-            if values["command"] is None:
+            if "command" not in values:
                 raise fail(f"{where}.command", "missing; an exec agent needs a command")
-            if values["entry"] is not None:
+            if "entry" in values:
                 raise fail(f"{where}.entry", "not used by an exec agent (give `command`)")
             command = values["command"]
             try:
@@ -150,24 +207,27 @@ def _agents_and_groups(raw: dict, path: Path, fail) \
                 raise fail(f"{where}.command", "expected a non-empty command")
             values["command"] = tuple(argv)
         else:
-            if values["entry"] is None:
+            if "entry" not in values:
                 raise fail(f"{where}.entry", "missing; expected 'module:function' or "
                            "'path/to/file.py:function'")
-            if values["command"] is not None:
+            if "command" in values:
                 raise fail(f"{where}.command", f"only exec agents take a command, not {kind}")
-            values["command"] = ()
             file_part, _, func = values["entry"].rpartition(":")
             if file_part.endswith(".py"):
                 values["entry"] = f"{(path.parent / file_part).resolve()}:{func}"
-        if values["cwd"] is not None:
+        if values.get("cwd") is not None:
             values["cwd"] = str((path.parent / values["cwd"]).resolve())
-        if values["group"] is not None and values["group"] not in group_names:
-            raise fail(f"{where}.group", f"no group named {values['group']!r}; expected one of "
+        group = values.get("group")
+        if group is not None and group not in group_names:
+            raise fail(f"{where}.group", f"no group named {group!r}; expected one of "
                        + (", ".join(group_names) or "(no [[groups]] defined)"))
-        if values["backoff_max_s"] < values["backoff_initial_s"]:
+        if values.get("backoff_max_s", AgentSpec.backoff_max_s) < \
+                values.get("backoff_initial_s", AgentSpec.backoff_initial_s):
             raise fail(f"{where}.backoff_max_s", "must be >= backoff_initial_s")
-        values["env"] = tuple(sorted(values["env"].items()))
-        values["depends_on"] = tuple(values["depends_on"])
+        if "env" in values:
+            values["env"] = tuple(sorted(values["env"].items()))
+        if "depends_on" in values:
+            values["depends_on"] = tuple(values["depends_on"])
         agents.append(AgentSpec(**values))
     for agent in agents:
         for dep in agent.depends_on:
@@ -231,26 +291,33 @@ def start_order(agents: tuple[AgentSpec, ...], groups: tuple[GroupSpec, ...]) \
     return plan
 
 
-def _section(raw: dict, name: str, keys: dict[str, Key], fail) -> dict[str, Any]:
+def _section(raw: dict, name: str, cls: type, fail) -> Any:
+    """Table `[name]` of `raw` as an instance of the section dataclass `cls`."""
     table = raw.get(name, {})
     if not isinstance(table, dict):
         raise fail(name, f"expected a table [{name}]")
-    return _check(table, keys, name, fail)
+    return cls(**_check(table, cls, name, fail))
 
 
-def _check(table: dict, keys: dict[str, Key], where: str, fail) -> dict[str, Any]:
+def _check(table: dict, cls: type, where: str, fail) -> dict[str, Any]:
+    """The keys given in `table`, checked and converted against the fields of `cls`
+    (missing ones are left to the dataclass defaults; required ones must be there)."""
+    keys = keys_of(cls)
     out: dict[str, Any] = {}
-    for key, value in table.items():
-        spec = keys.get(key)
+    for name, value in table.items():
+        spec = keys.get(name)
         if spec is None:
-            raise fail(f"{where}.{key}", "unknown key; expected one of " + ", ".join(keys))
+            raise fail(f"{where}.{name}", "unknown key; expected one of " + ", ".join(keys))
+        if spec.section is not None:  # a nested table, e.g. [uplink.tls]
+            if not isinstance(value, dict):
+                raise fail(f"{where}.{name}", f"expected a table [{where}.{name}]")
+            out[name] = spec.section(**_check(value, spec.section, f"{where}.{name}", fail))
+            continue
         try:
-            out[key] = spec.convert(value)
+            out[name] = spec.convert(value)
         except (ValueError, TypeError):
-            raise fail(f"{where}.{key}", f"expected {spec.expected}, got {value!r}") from None
-    for key, spec in keys.items():
-        if key not in out:
-            if spec.required:
-                raise fail(f"{where}.{key}", f"missing; expected {spec.expected}")
-            out[key] = spec.default
+            raise fail(f"{where}.{name}", f"expected {spec.expected}, got {value!r}") from None
+    for name in required_keys(cls):
+        if name not in out:
+            raise fail(f"{where}.{name}", f"missing; expected {keys[name].expected}")
     return out

@@ -6,11 +6,12 @@ the key and what was expected, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ConfigError(Exception):
@@ -32,12 +33,41 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 
 @dataclass(frozen=True)
 class Key:
-    """One allowed key: how to check and convert its value, its default, what it means."""
+    """How to check and convert one key's TOML value, and what it expects (for messages).
+
+    A key's default lives in one place: the dataclass field it belongs to (see `key`).
+    """
 
     convert: Callable[[Any], Any]
     expected: str
-    default: Any = None
-    required: bool = False
+    section: type | None = None  # a nested table: the section dataclass it holds
+
+
+def key(spec: tuple[Callable[[Any], Any], str], default: Any = MISSING) -> Any:
+    """A dataclass field that is also a config key: its converter, its message, its default.
+
+    Without a default the key is required. The section dataclasses below are the schema:
+    the loader validates a TOML table against their fields.
+    """
+    return field(default=default, metadata={"key": Key(spec[0], spec[1])})
+
+
+def table(cls: type) -> Any:
+    """A dataclass field that is a nested table (e.g. [uplink.tls]) of section `cls`;
+    absent, it takes `cls`'s defaults."""
+    return field(default_factory=cls,
+                 metadata={"key": Key(lambda v: v, f"a table of {cls.__name__} keys", cls)})
+
+
+def keys_of(cls: type) -> dict[str, Key]:
+    """The config keys of a section dataclass, in declaration order."""
+    return {f.name: f.metadata["key"] for f in fields(cls) if "key" in f.metadata}
+
+
+def required_keys(cls: type) -> set[str]:
+    """The keys of `cls` that have no default."""
+    return {f.name for f in fields(cls)
+            if "key" in f.metadata and f.default is MISSING and f.default_factory is MISSING}
 
 
 def _typed(*types: type, expected: str, check: Callable[[Any], bool] = lambda v: True) \
@@ -87,36 +117,6 @@ UID_LIST = _typed(list, expected="a list of integers",
                   check=lambda v: all(isinstance(i, int) and not isinstance(i, bool) for i in v))
 
 
-def K(spec: tuple[Callable[[Any], Any], str], default: Any = None, required: bool = False) -> Key:
-    return Key(spec[0], spec[1], default, required)
-
-
-RUNTIME_KEYS = {
-    "data_dir": K(PATH, "var/data"),
-    "run_dir": K(PATH, "var/run"),
-    "log_level": K(_choice(LOG_LEVELS), "info"),
-    "shutdown_timeout_s": K(_positive(), 10.0),
-}
-STORE_KEYS = {
-    "map_size": K(SIZE, 64 << 20),
-    "map_size_max": K(SIZE, 1 << 30),
-    "durability": K(_choice(DURABILITY), "sync"),
-    "fsync_interval_ms": K(_int_range(1, 60_000), 100),
-    "batch_window_ms": K(_typed(int, float, expected="a number of ms from 0 to 100",
-                                check=lambda v: 0 <= v <= 100), 0),
-    "max_batch": K(_int_range(1, 1_000_000), 4096),
-    "zstd_level": K(_int_range(1, 22), 3),
-    "checkpoint_every_ops": K(_int_range(1, 10**9), 1000),
-    "checkpoint_every_s": K(_positive(), 60.0),
-    "checkpoint_keep_tail": K(_int_range(0, 10**9), 0),
-}
-SHM_KEYS = {
-    "slots": K(_int_range(16, 1 << 20), 1024),
-}
-CONTROL_KEYS = {
-    "allowed_uids": K(UID_LIST, []),
-    "allowed_gids": K(UID_LIST, []),
-}
 _NAME_CHECK = _typed(str, expected="a name of letters, digits, '_', '.', '-' "
                      "(starting with a letter, at most 48)",
                      check=lambda v: bool(_NAME.match(v)))
@@ -128,108 +128,332 @@ COMMAND = _typed(str, list, expected="a command: a string (split like a shell wo
                                               all(isinstance(a, str) for a in v)))
 ENV = _typed(dict, expected="a table of string values",
              check=lambda v: all(isinstance(x, str) for x in v.values()))
-AGENT_KEYS = {
-    "name": K(_NAME_CHECK, required=True),
-    "kind": K(_choice(AGENT_KINDS), "task"),
-    # task/process: the Python function; exec: `command`.
-    "entry": K(_typed(str, expected="'module:function' or 'path/to/file.py:function'",
-                      check=lambda v: bool(_ENTRY.match(v))), None),
-    "command": K(COMMAND, None),
-    "env": K(ENV, {}),
-    "cwd": K(PATH, None),
-    "group": K(_NAME_CHECK, None),
-    "order": K(_int_range(-10**6, 10**6), 0),
-    "depends_on": K(NAME_LIST, []),
-    "notify": K(_typed(bool, expected="true or false"), False),
-    "restart": K(_choice(RESTART_TYPES), "permanent"),
-    "backoff_initial_s": K(_non_negative(), 0.0),
-    "backoff_max_s": K(_non_negative(), 5.0),
-    "backoff_multiplier": K(_typed(int, float, expected="a number >= 1",
-                                   check=lambda v: v >= 1), 2.0),
-    "backoff_jitter": K(_typed(int, float, expected="a fraction from 0 to 1",
-                               check=lambda v: 0 <= v <= 1), 0.0),
-    "backoff_reset_s": K(_non_negative(), 10.0),
-    "shutdown_timeout_s": K(_positive(), 5.0),
-    "max_restarts": K(_int_range(0, 10**6), 10),
-    "restart_window_s": K(_positive(), 60.0),
-    "heartbeat_timeout_s": K(_non_negative("a number of seconds >= 0 (0 = off)"), 0.0),
-    "memory_max": K((lambda v: 0 if v == 0 else _size(v), SIZE[1] + " (0 = off)"), 0),
-    "cpu_max": K(_non_negative("a CPU percentage >= 0 (100 = one core; 0 = off)"), 0.0),
-    "max_runtime_s": K(_non_negative("a number of seconds >= 0 (0 = off)"), 0.0),
-    "log_max_bytes": K(SIZE, 1 << 20),
-    "log_keep": K(_int_range(0, 100), 3),
-}
-GROUP_KEYS = {
-    "name": K(_NAME_CHECK, required=True),
-    "parent": K(_NAME_CHECK, None),
-    "order": K(_int_range(-10**6, 10**6), 0),
-    "strategy": K(_choice(STRATEGIES), "one_for_one"),
-    "max_restarts": K(_int_range(0, 10**6), 100),
-    "restart_window_s": K(_positive(), 60.0),
-}
-SUPERVISOR_KEYS = {
-    "strategy": K(_choice(STRATEGIES), "one_for_one"),
-    "max_restarts": K(_int_range(0, 10**6), 100),
-    "restart_window_s": K(_positive(), 60.0),
+ENTRY = _typed(str, expected="'module:function' or 'path/to/file.py:function'",
+               check=lambda v: bool(_ENTRY.match(v)))
+ORDER = _int_range(-10**6, 10**6)
+FRACTION = _typed(int, float, expected="a fraction from 0 to 1", check=lambda v: 0 <= v <= 1)
+AT_LEAST_ONE = _typed(int, float, expected="a number >= 1", check=lambda v: v >= 1)
+OPTIONAL_SIZE = (lambda v: 0 if v == 0 else _size(v), SIZE[1] + " (0 = off)")
+
+
+BOOL = _typed(bool, expected="true or false")
+
+
+class Listen(NamedTuple):
+    """Where the HTTP face listens: a TCP host and port, or a Unix socket path."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    @property
+    def local(self) -> bool:
+        """Reachable only from this host (loopback or a Unix socket): no token required."""
+        if self.path is not None:
+            return True
+        return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> Listen:
+    """'127.0.0.1:9477', '[::1]:9477', 'localhost:9477', or a Unix socket path
+    ('unix:/run/outpost/http.sock' or any value with a '/'). ValueError if neither."""
+    if value.startswith("unix:") or "/" in value:
+        path = value.removeprefix("unix:")
+        if not path.strip():
+            raise ValueError
+        return Listen(path=path)
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ipaddress.ip_address(host).version != 6:
+            raise ValueError
+    elif host != "localhost":
+        ipaddress.IPv4Address(host)
+    return Listen(host, int(port))
+
+
+def _listen(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    parse_listen(value)
+    return value
+
+
+LISTEN = (_listen, "an address to listen on: 'IP:port' (e.g. '127.0.0.1:9477', '[::1]:9477', "
+          "'0.0.0.0:9477'; port 0 picks a free one) or a Unix socket path "
+          "('unix:/run/outpost/http.sock')")
+
+
+# -- sections -------------------------------------------------------------------------
+# Each section is a frozen dataclass whose fields are its keys (see `key`): type check,
+# message and default in one place. Sizes are bytes, durations seconds, 0 = off.
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    """[runtime]: where the runtime keeps its data and its socket, and how it logs."""
+
+    data_dir: str = key(PATH, "var/data")
+    run_dir: str = key(PATH, "var/run")
+    log_level: str = key(_choice(LOG_LEVELS), "info")
+    shutdown_timeout_s: float = key(_positive(), 10.0)
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    """[store]: the LMDB environment, the group-commit writer and automatic checkpoints."""
+
+    map_size: int = key(SIZE, 64 << 20)
+    map_size_max: int = key(SIZE, 1 << 30)
+    durability: str = key(_choice(DURABILITY), "sync")
+    fsync_interval_ms: int = key(_int_range(1, 60_000), 100)
+    batch_window_ms: float = key(_typed(int, float, expected="a number of ms from 0 to 100",
+                                        check=lambda v: 0 <= v <= 100), 0)
+    max_batch: int = key(_int_range(1, 1_000_000), 4096)
+    zstd_level: int = key(_int_range(1, 22), 3)
+    checkpoint_every_ops: int = key(_int_range(1, 10**9), 1000)
+    checkpoint_every_s: float = key(_positive(), 60.0)
+    checkpoint_keep_tail: int = key(_int_range(0, 10**9), 0)
+
+
+@dataclass(frozen=True)
+class ShmSection:
+    """[shm]: the shared-memory segment."""
+
+    slots: int = key(_int_range(16, 1 << 20), 1024)
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    """[control]: who besides the runtime's own user and root may use the socket."""
+
+    allowed_uids: tuple[int, ...] = key(UID_LIST, ())
+    allowed_gids: tuple[int, ...] = key(UID_LIST, ())
+
+
+@dataclass(frozen=True)
+class SupervisorSection:
+    """[supervisor]: the root of the supervision tree."""
+
+    strategy: str = key(_choice(STRATEGIES), "one_for_one")
+    max_restarts: int = key(_int_range(0, 10**6), 100)
+    restart_window_s: float = key(_positive(), 60.0)
     # What the runtime does when the root supervisor's intensity is exceeded.
-    "on_give_up": K(_choice(ON_GIVE_UP), "stop"),
-}
-MAINTAIN_KEYS = {
-    "prune_keep_tail": K(_int_range(0, 10**9), 0),
-    "archive_dir": K(PATH, "var/archive"),
-    "archive_after_days": K(_positive(), 7.0),
-    "archive_keep_days": K(_positive(), 90.0),
-    "logs_dir": K(PATH, "var/log"),
-    "disk_budget": K(SIZE, 1 << 30),
-    "disk_critical_factor": K(_typed(int, float, expected="a number >= 1",
-                                     check=lambda v: v >= 1), 1.25),
-    "disk_check_interval_s": K(_positive(), 30.0),
-}
-TOP_SECTIONS = ("runtime", "store", "shm", "control", "maintain", "supervisor", "groups",
-                "agents")
+    on_give_up: str = key(_choice(ON_GIVE_UP), "stop")
+
+
+@dataclass(frozen=True)
+class MaintainSection:
+    """[maintain]: pruning, archives, log files and the disk budget. Paths are absolute
+    once loaded (relative ones start at the config file's folder)."""
+
+    prune_keep_tail: int = key(_int_range(0, 10**9), 0)
+    archive_dir: Path = key(PATH, "var/archive")
+    archive_after_days: float = key(_positive(), 7.0)
+    archive_keep_days: float = key(_positive(), 90.0)
+    logs_dir: Path = key(PATH, "var/log")
+    disk_budget: int = key(SIZE, 1 << 30)
+    disk_critical_factor: float = key(AT_LEAST_ONE, 1.25)
+    disk_check_interval_s: float = key(_positive(), 30.0)
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    """[http]: the local web console, health probes and the Prometheus endpoint.
+
+    Anywhere but loopback or a Unix socket, `auth_token_file` is required (the loader
+    refuses the config otherwise). Paths are absolute once loaded.
+    """
+
+    enabled: bool = key(BOOL, True)
+    listen: str = key(LISTEN, "127.0.0.1:9477")
+    auth_token_file: Path | None = key(PATH, None)
+    read_only: bool = key(BOOL, True)  # false: the console may start/stop/restart agents
+
+    @property
+    def address(self) -> Listen:
+        return parse_listen(self.listen)
 
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """One agent of the config, validated. Durations in seconds, sizes in bytes, 0 = off."""
+    """One agent of the config, validated ([[agents]])."""
 
-    name: str
-    entry: str | None = None
-    kind: str = "task"
-    command: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    cwd: str | None = None
-    group: str | None = None  # None: the root supervisor
-    order: int = 0
-    depends_on: tuple[str, ...] = ()
-    notify: bool = False  # exec: ready only after sd_notify READY=1
-    restart: str = "permanent"
-    backoff_initial_s: float = 0.0
-    backoff_max_s: float = 5.0
-    backoff_multiplier: float = 2.0
-    backoff_jitter: float = 0.0
-    backoff_reset_s: float = 10.0
-    shutdown_timeout_s: float = 5.0
-    max_restarts: int = 10
-    restart_window_s: float = 60.0
-    heartbeat_timeout_s: float = 0.0
-    memory_max: int = 0
-    cpu_max: float = 0.0
-    max_runtime_s: float = 0.0
-    log_max_bytes: int = 1 << 20
-    log_keep: int = 3
+    name: str = key(_NAME_CHECK)
+    kind: str = key(_choice(AGENT_KINDS), "task")
+    # task/process: the Python function; exec: `command`.
+    entry: str | None = key(ENTRY, None)
+    command: tuple[str, ...] = key(COMMAND, ())
+    env: tuple[tuple[str, str], ...] = key(ENV, ())
+    cwd: str | None = key(PATH, None)
+    group: str | None = key(_NAME_CHECK, None)  # None: the root supervisor
+    order: int = key(ORDER, 0)
+    depends_on: tuple[str, ...] = key(NAME_LIST, ())
+    notify: bool = key(_typed(bool, expected="true or false"), False)  # exec: ready on READY=1
+    restart: str = key(_choice(RESTART_TYPES), "permanent")
+    backoff_initial_s: float = key(_non_negative(), 0.0)
+    backoff_max_s: float = key(_non_negative(), 5.0)
+    backoff_multiplier: float = key(AT_LEAST_ONE, 2.0)
+    backoff_jitter: float = key(FRACTION, 0.0)
+    backoff_reset_s: float = key(_non_negative(), 10.0)
+    shutdown_timeout_s: float = key(_positive(), 5.0)
+    max_restarts: int = key(_int_range(0, 10**6), 10)
+    restart_window_s: float = key(_positive(), 60.0)
+    heartbeat_timeout_s: float = key(_non_negative("a number of seconds >= 0 (0 = off)"), 0.0)
+    memory_max: int = key(OPTIONAL_SIZE, 0)
+    cpu_max: float = key(_non_negative("a CPU percentage >= 0 (100 = one core; 0 = off)"), 0.0)
+    max_runtime_s: float = key(_non_negative("a number of seconds >= 0 (0 = off)"), 0.0)
+    log_max_bytes: int = key(SIZE, 1 << 20)
+    log_keep: int = key(_int_range(0, 100), 3)
 
 
 @dataclass(frozen=True)
 class GroupSpec:
-    """A supervisor node of the tree: its children are agents and groups naming it."""
+    """A supervisor node of the tree ([[groups]]): its children are the agents and groups
+    naming it."""
 
-    name: str
-    parent: str | None = None
-    order: int = 0
-    strategy: str = "one_for_one"
-    max_restarts: int = 100
-    restart_window_s: float = 60.0
+    name: str = key(_NAME_CHECK)
+    parent: str | None = key(_NAME_CHECK, None)
+    order: int = key(ORDER, 0)
+    strategy: str = key(_choice(STRATEGIES), "one_for_one")
+    max_restarts: int = key(_int_range(0, 10**6), 100)
+    restart_window_s: float = key(_positive(), 60.0)
+
+
+WHEN_FULL = ("drop_oldest", "refuse_new")
+# A NATS subject token that is also a valid stream, consumer, bucket and object name.
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SUBJECT_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
+_SERVER = re.compile(r"^(nats|tls)://[^\s/]+$")
+TOKEN = _typed(str, expected="letters, digits, '_' or '-' (1 to 64; a NATS subject token)",
+               check=lambda v: bool(_TOKEN.match(v)))
+SUBJECT_PREFIX = _typed(str, expected="NATS subject tokens of letters, digits, '_', '-' "
+                        "joined by '.' (no wildcards), e.g. \"outpost\" or \"acme.edge\"",
+                        check=lambda v: bool(_SUBJECT_PREFIX.match(v)))
+def _as_tuple(spec: tuple[Callable[[Any], Any], str]) -> tuple[Callable[[Any], Any], str]:
+    convert, expected = spec
+    return (lambda v: tuple(convert(v))), expected
+
+
+def _message_size(value: Any) -> int:
+    n = _size(value)
+    if n > 900 << 10:  # the record, with its subject, must fit the store's 1 MiB limit
+        raise ValueError
+    return n
+
+
+MESSAGE_SIZE = (_message_size, 'a size from 1 byte to 900KiB, e.g. "256KiB"')
+SERVERS = _typed(list, expected='a non-empty list of server URLs, e.g. ["nats://hub:4222"]',
+                 check=lambda v: bool(v) and all(isinstance(s, str) and _SERVER.match(s)
+                                                 for s in v))
+STRINGS = _typed(list, expected="a list of strings",
+                 check=lambda v: all(isinstance(s, str) and s for s in v))
+OPTIONAL_STR = _typed(str, expected="a non-empty string", check=lambda v: bool(v))
+BOOL = _typed(bool, expected="true or false")
+# What a fleet may ask of a host by default: reading, and starting/stopping agents.
+COMMANDS_ALLOWED = ("status", "info", "ping", "metrics", "events.query", "state.get",
+                    "uplink", "agent.start", "agent.stop", "agent.restart")
+
+
+@dataclass(frozen=True)
+class UplinkTlsSection:
+    """[uplink.tls]: verify the server against `ca_file` (default: the system's CAs);
+    `cert_file` + `key_file` for mutual TLS. Any of them turns TLS on."""
+
+    ca_file: Path | None = key(PATH, None)
+    cert_file: Path | None = key(PATH, None)
+    key_file: Path | None = key(PATH, None)
+    handshake_first: bool = key(BOOL, False)
+
+
+@dataclass(frozen=True)
+class UplinkOutboxSection:
+    """[uplink.outbox]: the durable queue in the store, bounded. Full means `max_bytes`
+    of unsent messages; then `when_full` decides: drop_oldest (like Greengrass's
+    OverwriteOldestData) or refuse_new (ctx.publish raises; events are dropped).
+    Messages older than `max_age_s` are dropped unsent (0 = never). Every drop is counted."""
+
+    max_bytes: int = key(SIZE, 64 << 20)
+    max_age_s: float = key(_non_negative("a number of seconds >= 0 (0 = no limit)"),
+                           7 * 86400.0)
+    when_full: str = key(_choice(WHEN_FULL), "drop_oldest")
+    max_message_bytes: int = key(MESSAGE_SIZE, 256 << 10)
+
+
+@dataclass(frozen=True)
+class UplinkSendSection:
+    """[uplink.send]: what goes up besides what agents publish: events by type ("*" =
+    all), state changes of the named agents, and the metrics every N seconds (0 = off)."""
+
+    events: tuple[str, ...] = key(_as_tuple(STRINGS), ())
+    state_of: tuple[str, ...] = key(_as_tuple(NAME_LIST), ())
+    metrics_every_s: float = key(_non_negative("a number of seconds >= 0 (0 = off)"), 0.0)
+    snapshot_every_s: float = key(_positive(), 30.0)
+
+
+@dataclass(frozen=True)
+class UplinkCommandsSection:
+    """[uplink.commands]: control methods a fleet may call on this host through NATS."""
+
+    enabled: bool = key(BOOL, True)
+    allow: tuple[str, ...] = key(_as_tuple(STRINGS), COMMANDS_ALLOWED)
+    ack_wait_s: float = key(_positive(), 60.0)
+    max_deliver: int = key(_int_range(1, 100), 5)
+
+
+@dataclass(frozen=True)
+class UplinkBackupSection:
+    """[uplink.backup]: `maintain backup nats` keeps the newest `keep` backups per host."""
+
+    keep: int = key(_int_range(1, 1000), 7)
+
+
+@dataclass(frozen=True)
+class UplinkSection:
+    """[uplink]: store-and-forward to NATS JetStream. Absent: no uplink. `host_id`
+    defaults to the short hostname. One way to authenticate at most: `creds_file`,
+    `nkey_file`, `user` + `password`, or `token`. Times are seconds."""
+
+    servers: tuple[str, ...] = key(_as_tuple(SERVERS))
+    host_id: str | None = key(TOKEN, None)
+    prefix: str = key(SUBJECT_PREFIX, "outpost")
+    stream: str = key(TOKEN, "OUTPOST")
+    create_streams: bool = key(BOOL, True)
+    # The stream's dedup window for resends (Nats-Msg-Id); past it the uplink still
+    # checks what the stream holds before resending. Longer costs server memory.
+    duplicate_window_s: float = key(_positive(), 7200.0)
+    creds_file: Path | None = key(PATH, None)
+    nkey_file: Path | None = key(PATH, None)
+    user: str | None = key(OPTIONAL_STR, None)
+    password: str | None = key(OPTIONAL_STR, None)
+    token: str | None = key(OPTIONAL_STR, None)
+    window: int = key(_int_range(1, 65536), 512)
+    ack_timeout_s: float = key(_positive(), 10.0)
+    connect_timeout_s: float = key(_positive(), 5.0)
+    reconnect_initial_s: float = key(_positive(), 0.2)
+    reconnect_max_s: float = key(_positive(), 30.0)
+    tls: UplinkTlsSection = table(UplinkTlsSection)
+    outbox: UplinkOutboxSection = table(UplinkOutboxSection)
+    send: UplinkSendSection = table(UplinkSendSection)
+    commands: UplinkCommandsSection = table(UplinkCommandsSection)
+    backup: UplinkBackupSection = table(UplinkBackupSection)
+
+
+SECTIONS: dict[str, type] = {
+    "runtime": RuntimeSection, "store": StoreSection, "shm": ShmSection,
+    "control": ControlSection, "maintain": MaintainSection, "supervisor": SupervisorSection,
+    "http": HttpSection,
+}
+ARRAYS: dict[str, type] = {"groups": GroupSpec, "agents": AgentSpec}
+OPTIONAL_SECTIONS: dict[str, type] = {"uplink": UplinkSection}  # absent = feature off
+TOP_SECTIONS = (*SECTIONS, *OPTIONAL_SECTIONS, *ARRAYS)
 
 
 @dataclass(frozen=True)
@@ -239,18 +463,18 @@ class Config:
     path: Path
     data_dir: Path
     run_dir: Path
-    log_level: str = "info"
-    shutdown_timeout_s: float = 10.0
-    store: dict[str, Any] = field(default_factory=dict)
-    shm_slots: int = 1024
-    allowed_uids: tuple[int, ...] = ()
-    allowed_gids: tuple[int, ...] = ()
+    log_level: str = RuntimeSection.log_level
+    shutdown_timeout_s: float = RuntimeSection.shutdown_timeout_s
+    store: StoreSection = field(default_factory=StoreSection)
+    shm_slots: int = ShmSection.slots
+    allowed_uids: tuple[int, ...] = ControlSection.allowed_uids
+    allowed_gids: tuple[int, ...] = ControlSection.allowed_gids
     agents: tuple[AgentSpec, ...] = ()
     groups: tuple[GroupSpec, ...] = ()
-    supervisor: dict[str, Any] = field(default_factory=lambda: {
-        "strategy": "one_for_one", "max_restarts": 100, "restart_window_s": 60.0,
-        "on_give_up": "stop"})
-    maintain: dict[str, Any] = field(default_factory=dict)
+    supervisor: SupervisorSection = field(default_factory=SupervisorSection)
+    maintain: MaintainSection = field(default_factory=MaintainSection)
+    uplink: UplinkSection | None = None
+    http: HttpSection = field(default_factory=HttpSection)
 
     @property
     def socket_path(self) -> Path:

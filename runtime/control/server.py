@@ -1,11 +1,12 @@
 """The control socket server: thin trio code around the sans-IO protocol.
 
-Every connection is checked with SO_PEERCRED; requests are dispatched to the
-runtime's handlers. A misbehaving client only ever loses its own connection:
-each connection is its own task with deadlines on the hello, on finishing a
-started frame, on idling and on every send, and a connection holds at most one
-frame plus one read of buffered input (see protocol). Nothing a client does
-can raise out of `serve`, so the runtime never dies because of a client.
+Every connection is checked with SO_PEERCRED; requests go to the runtime's one
+`Methods` table, with the peer as the caller. A misbehaving client only ever
+loses its own connection: each connection is its own task with deadlines on
+the hello, on finishing a started frame, on idling and on every send, and a
+connection holds at most one frame plus one read of buffered input (see
+protocol). Nothing a client does can raise out of `serve`, so the runtime
+never dies because of a client.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import os
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from runtime import __version__
+from runtime.control.dispatch import Caller, Methods, Stream, acting_as, as_method_error
+from runtime.control.errors import MethodError
 from runtime.control.protocol import (
     CLOSED,
     MAX_FRAME,
@@ -34,7 +35,8 @@ from runtime.control.protocol import (
     Connection,
     ErrorResponse,
     Hello,
-    ProtocolError,
+    LocalProtocolError,
+    RemoteProtocolError,
     Request,
     Response,
     StreamEnd,
@@ -43,37 +45,17 @@ from runtime.control.protocol import (
 
 log = logging.getLogger("outpost.control")
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 _PEERCRED = struct.Struct("3i")
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _READ = 65536
 _DRAIN_S = 1.0  # how long a refused peer gets to take our error and hang up
 _REFUSAL_LOG_BURST = 20  # refusals logged per minute; the rest are counted
+_ACCEPT_LOG_BURST = 5  # accept failures logged per minute
+_ACCEPT_RETRY_S = 0.1  # after a capacity error: long enough not to spin, short enough to serve
+# accept() errors that mean "out of fds or memory, try again" (as trio's serve_listeners);
+# trio's SocketListener already absorbs the per-connection ones (ECONNABORTED, EPROTO, ...).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-class MethodError(Exception):
-    """A handler's refusal, sent to the client as {"error": {code, message}}.
-
-    Codes in use: bad_params, not_found, not_available, failed, lagged.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Stream:
-    """Return this from a handler to answer with a stream of items (e.g. events -f).
-
-    The server sends each item as it comes, then the end. If the client goes
-    away (or cannot keep up within the send timeout) the iterator is closed,
-    so a follower never outlives its client. An item source raising MethodError
-    ends the stream with that error.
-    """
-
-    def __init__(self, items: AsyncIterator[Any]) -> None:
-        self.items = items
 
 
 @dataclass(frozen=True)
@@ -119,25 +101,27 @@ def peer_of(sock: socket.socket | trio.socket.SocketType) -> Peer:
 
 
 class ControlServer:
-    """Serve `handlers` on the Unix socket at `path` (mode 0600) until cancelled.
+    """Serve `methods` on the Unix socket at `path` (mode 0600) until cancelled.
 
     Allowed peers: this process's uid, root, `allowed_uids`, and members
     (primary or supplementary group) of `allowed_gids`. Everyone else gets a
     `forbidden` error naming their uid, and the attempt is logged.
     """
 
-    def __init__(self, path: Path, handlers: dict[str, Handler],
+    def __init__(self, path: Path, methods: Methods,
                  allowed_uids: tuple[int, ...] = (), allowed_gids: tuple[int, ...] = (),
                  limits: Limits = Limits()) -> None:
         self.path = path
-        self.handlers = handlers
+        self.methods = methods
         self.limits = limits
         self.set_allowed(allowed_uids, allowed_gids)
         self.active = 0  # connections being served now
         self.refused = 0  # connections refused (credentials or capacity)
         self.requests = 0  # requests dispatched, ever (lets tests see who calls how often)
-        self._refusal_window = -60.0
-        self._refusals_logged = self._refusals_unlogged = 0
+        self.accept_failures = 0  # capacity errors from accept, ever (each retried)
+        # A local user hammering the socket, or a runtime out of fds, must not fill the disk.
+        self._refusal_log = CappedLog(_REFUSAL_LOG_BURST, "refused connection(s)")
+        self._accept_log = CappedLog(_ACCEPT_LOG_BURST, "failed accept(s)")
 
     def set_allowed(self, uids: tuple[int, ...], gids: tuple[int, ...]) -> None:
         """Replace the configured allowed uids/gids (a reload applies [control] this way)."""
@@ -172,21 +156,37 @@ class ControlServer:
         return sock
 
     async def serve(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        """Bind, report started, and accept connections until cancelled."""
+        """Bind, report started, and accept connections until cancelled.
+
+        Out of fds or memory (ACCEPT_CAPACITY_ERRNOS), accept is retried after a
+        short sleep while the connections being served go on; any other error
+        from it is a bug or a broken socket, and is raised.
+        """
         sock = await self._bind()
+        listener = trio.SocketListener(sock)
+        failing = 0  # capacity errors in a row
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 while True:
                     try:
-                        conn_sock, _ = await sock.accept()
+                        stream = await listener.accept()
                     except OSError as exc:
-                        # Out of fds or memory: keep the runtime alive, retry shortly.
-                        log.error("control: accept failed: %s", exc)
-                        if exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                            await trio.sleep(0.1)
+                        if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        self.accept_failures += 1
+                        failing += 1
+                        self._accept_log.error(
+                            "control: accept failed: %s (%s); %d connection(s) open, "
+                            "retrying every %.1fs", errno.errorcode[exc.errno],
+                            os.strerror(exc.errno), self.active, _ACCEPT_RETRY_S)
+                        await trio.sleep(_ACCEPT_RETRY_S)
                         continue
-                    nursery.start_soon(self._handle, trio.SocketStream(conn_sock))
+                    if failing:
+                        log.warning("control: accepting connections again after %d failed "
+                                    "accept(s)", failing)
+                        failing = 0
+                    nursery.start_soon(self._handle, stream)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -212,7 +212,8 @@ class ControlServer:
             return  # gone before we looked
         if not self.allows(peer):
             self.refused += 1
-            self._log_refusal(peer)
+            self._refusal_log.warning("control: refused connection from %s (not an allowed "
+                                      "user)", peer)
             await self._refuse(stream, conn, "forbidden",
                                f"uid {peer.uid} may not control this runtime (it runs as uid "
                                f"{os.getuid()}); run as that user or root, or add the uid "
@@ -227,27 +228,16 @@ class ControlServer:
                                "connections already; try again")
             return
         try:
-            await self._converse(stream, conn)
-        except ProtocolError as exc:
+            await self._converse(stream, conn, Caller("socket", uid=peer.uid, pid=peer.pid))
+        except RemoteProtocolError as exc:  # the client broke the protocol: its loss
             log.info("control: closing connection from %s: %s", peer, exc)
             await self._refuse(stream, conn, exc.code, str(exc))
+        except LocalProtocolError as exc:  # we tried to send what the protocol forbids: a bug
+            log.exception("control: closing connection from %s after our own protocol "
+                          "error", peer)
+            await self._refuse(stream, conn, "internal", f"the runtime broke the protocol: {exc}")
         except trio.TooSlowError:
             log.info("control: closing connection from %s: too slow", peer)
-
-    def _log_refusal(self, peer: Peer) -> None:
-        """Log each refused peer, but at most _REFUSAL_LOG_BURST per minute: a
-        local user hammering the socket must not be able to fill the disk."""
-        now = time.monotonic()
-        if now - self._refusal_window >= 60.0:
-            if self._refusals_unlogged:
-                log.warning("control: %d more refused connection(s) not logged in the last "
-                            "minute", self._refusals_unlogged)
-            self._refusal_window, self._refusals_logged, self._refusals_unlogged = now, 0, 0
-        if self._refusals_logged < _REFUSAL_LOG_BURST:
-            self._refusals_logged += 1
-            log.warning("control: refused connection from %s (not an allowed user)", peer)
-        else:
-            self._refusals_unlogged += 1
 
     async def _refuse(self, stream: trio.SocketStream, conn: Connection, code: str,
                       message: str) -> None:
@@ -275,16 +265,17 @@ class ControlServer:
         await stream.send_all(data)
         timer.deadline = math.inf
 
-    async def _converse(self, stream: trio.SocketStream, conn: Connection) -> None:
+    async def _converse(self, stream: trio.SocketStream, conn: Connection,
+                        caller: Caller) -> None:
         # One cancel scope per connection whose deadline is moved around each
         # wait (cheaper than a scope per read and per write on the hot path).
         with trio.CancelScope() as timer:
-            await self._converse_timed(stream, conn, timer)
+            await self._converse_timed(stream, conn, caller, timer)
         if timer.cancelled_caught:
             raise trio.TooSlowError
 
     async def _converse_timed(self, stream: trio.SocketStream, conn: Connection,
-                              timer: trio.CancelScope) -> None:
+                              caller: Caller, timer: trio.CancelScope) -> None:
         limits = self.limits
         hello_deadline = trio.current_time() + limits.hello_timeout_s
         frame_deadline: float | None = None
@@ -311,13 +302,21 @@ class ControlServer:
                                  timer)
                 continue
             assert isinstance(event, Request)
-            answer = await self._dispatch(event)
-            if isinstance(answer, Stream):
-                await self._stream(stream, conn, event.id, answer, timer)
-                continue
+            self.requests += 1
+            # Called here, not in a helper coroutine: one frame less per request.
+            try:
+                result = await self.methods.call(event.method, event.params, caller=caller)
+            except MethodError as exc:
+                answer: Response | ErrorResponse = ErrorResponse(event.id, exc.code, str(exc))
+            else:
+                if isinstance(result, Stream):
+                    with acting_as(caller):
+                        await self._stream(stream, conn, event.id, result, timer)
+                    continue
+                answer = Response(event.id, result)
             try:
                 reply = conn.send(answer)
-            except ProtocolError as exc:  # e.g. a result larger than a frame
+            except LocalProtocolError as exc:  # e.g. a result larger than a frame
                 reply = conn.send(ErrorResponse(event.id, exc.code, str(exc)))
             sent = _write_now(stream, reply)
             if sent < len(reply):
@@ -357,13 +356,13 @@ class ControlServer:
                     await self._send(stream, conn.send(StreamEnd(req_id)), timer)
                     return
                 except Exception as exc:
-                    code, message = _error_of(exc, "stream")
-                    await self._send(stream, conn.send(ErrorResponse(req_id, code, message)),
-                                     timer)
+                    error = as_method_error(exc, "stream")
+                    await self._send(stream, conn.send(ErrorResponse(req_id, error.code,
+                                                                     str(error))), timer)
                     return
                 try:
                     data = conn.send(StreamItem(req_id, item))
-                except ProtocolError as exc:  # an item too large for a frame
+                except LocalProtocolError as exc:  # an item too large for a frame
                     await self._send(stream, conn.send(ErrorResponse(req_id, exc.code,
                                                                      str(exc))), timer)
                     return
@@ -387,21 +386,36 @@ class ControlServer:
         if peer_gone:
             raise trio.ClosedResourceError  # the connection is over; let _handle close it
 
-    async def _dispatch(self, request: Request) -> Response | ErrorResponse | Stream:
-        self.requests += 1
-        handler = self.handlers.get(request.method)
-        if handler is None:
-            return ErrorResponse(request.id, "unknown_method",
-                                 f"no method {request.method!r}; known: "
-                                 + ", ".join(sorted(self.handlers)))
-        try:
-            result = await handler(request.params)
-        except Exception as exc:
-            code, message = _error_of(exc, request.method)
-            return ErrorResponse(request.id, code, message)
-        if isinstance(result, Stream):
-            return result
-        return Response(request.id, result)
+
+class CappedLog:
+    """Log at most `burst` lines a minute; count the rest and say how many, once the
+    minute is over (with the next line that is logged)."""
+
+    def __init__(self, burst: int, what: str, window_s: float = 60.0) -> None:
+        self.burst = burst
+        self.what = what
+        self.window_s = window_s
+        self.logged = self.unlogged = 0
+        self._window = -math.inf
+
+    def warning(self, message: str, *args: object) -> None:
+        self._log(logging.WARNING, message, args)
+
+    def error(self, message: str, *args: object) -> None:
+        self._log(logging.ERROR, message, args)
+
+    def _log(self, level: int, message: str, args: tuple) -> None:
+        now = time.monotonic()
+        if now - self._window >= self.window_s:
+            if self.unlogged:
+                log.log(level, "control: %d more %s not logged in the last minute",
+                        self.unlogged, self.what)
+            self._window, self.logged, self.unlogged = now, 0, 0
+        if self.logged < self.burst:
+            self.logged += 1
+            log.log(level, message, *args)
+        else:
+            self.unlogged += 1
 
 
 def _write_now(stream: trio.SocketStream, data: bytes) -> int:
@@ -423,10 +437,3 @@ def _write_now(stream: trio.SocketStream, data: bytes) -> int:
     except OSError as exc:  # EPIPE, ECONNRESET: the client left
         raise trio.BrokenResourceError(f"control client went away: {exc}") from None
 
-
-def _error_of(exc: Exception, method: str) -> tuple[str, str]:
-    """(code, message) for a handler's exception; unexpected ones are logged in full."""
-    if isinstance(exc, MethodError):
-        return exc.code, str(exc)
-    log.error("control method %s failed", method, exc_info=exc)
-    return "internal", f"{type(exc).__name__}: {exc}"

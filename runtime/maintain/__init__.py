@@ -1,8 +1,8 @@
 """Maintenance that cron runs: checkpoint, prune, compact, archive, verify, backup,
 restore, disk. Inside a live runtime through the control socket (one LMDB writer),
-or offline under the data-dir lock."""
+or offline under the data-dir lock.
 
-from runtime.maintain.report import MaintainError, TaskResult
-from runtime.maintain.tasks import ROUTINE, TASKS, Maintenance, run_task
-
-__all__ = ["ROUTINE", "TASKS", "MaintainError", "Maintenance", "TaskResult", "run_task"]
+Import the submodule you need: `outpost maintain` imports `runner` (and through
+it `catalog`) before it knows whether a runtime answers, so this package
+imports nothing that would pull in trio or the store.
+"""

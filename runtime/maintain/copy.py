@@ -15,19 +15,18 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from runtime import __version__
+from runtime.maintain.progress import Progress, reporting
 from runtime.maintain.report import MaintainError, TaskResult
 from runtime.maintain.verify import verify
 from runtime.store import Store, StoreOptions
 
 MANIFEST = "manifest.json"
 _MANIFEST_MAX = 16 << 20
-Progress = Callable[[int, int, str], None]
 
 
 def file_digest(path: Path) -> str:
@@ -63,25 +62,6 @@ def open_copy(path: Path, cleanup: bool = True) -> Iterator[Store]:
             for leftover in ("lock.mdb", "outpost.lock"):
                 with contextlib.suppress(FileNotFoundError):
                     (path / leftover).unlink()
-
-
-@contextlib.contextmanager
-def reporting(report: Callable[[], None], every: float = 0.2) -> Iterator[None]:
-    """Call `report()` from a thread every `every` seconds while the block runs: for
-    work that gives no progress of its own (an LMDB copy, a task inside the runtime)."""
-    done = threading.Event()
-
-    def loop() -> None:
-        while not done.wait(every):
-            report()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
 
 
 @contextlib.contextmanager

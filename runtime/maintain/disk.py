@@ -104,8 +104,8 @@ class DiskGuard:
     def check(self) -> DiskUsage:
         """Measure now and apply the gate; returns the usage."""
         m = self.config.maintain
-        usage = measure(self.config.data_dir, Path(m["archive_dir"]), Path(m["logs_dir"]),
-                        m["disk_budget"], m["disk_critical_factor"])
+        usage = measure(self.config.data_dir, Path(m.archive_dir), Path(m.logs_dir),
+                        m.disk_budget, m.disk_critical_factor)
         level, was = usage.level, self.level
         self.usage, self.level = usage, level
         if level == CRITICAL and was != CRITICAL:

@@ -1,9 +1,12 @@
 """Running maintenance: through a live runtime if one answers, else offline under the lock.
 
-Exit codes (documented for cron): 0 every task ok; 1 a task found or hit a
-problem; 2 usage or config error; 75 (EX_TEMPFAIL) the data dir is locked by
-another maintenance run or a starting runtime — we never wait, so cron jobs
-cannot stack up.
+Exit codes (documented for cron, defined in runtime.exitcodes): 0 every task
+ok; 1 a task found or hit a problem; 2 usage or config error; 75 (EX_TEMPFAIL)
+the data dir is locked by another maintenance run or a starting runtime — we
+never wait, so cron jobs cannot stack up.
+
+Asking a runtime costs only the control client: trio, the store and the task
+functions are imported by `run_offline`, the one path that needs them.
 """
 
 from __future__ import annotations
@@ -12,29 +15,15 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import trio
-
-from runtime.config import Config
-from runtime.control import ControlClient, NotRunningError
-from runtime.events import EventLog
-from runtime.maintain import copy
+from runtime.control.client import ControlClient, NotRunningError
+from runtime.maintain.catalog import ALL_TASKS, OFFLINE_ONLY, ROUTINE, TAKES_ARG
+from runtime.maintain.progress import Progress, reporting
 from runtime.maintain.report import MaintainError, TaskResult
-from runtime.maintain.tasks import (
-    OFFLINE_ONLY,
-    ROUTINE,
-    TAKES_ARG,
-    TASKS,
-    Maintenance,
-    run_task,
-)
-from runtime.maintain.verify import Progress
-from runtime.store import StateBook, open_store
-from runtime.store.lock import DataDirLock
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
-ALL_TASKS = (*TASKS, *OFFLINE_ONLY)
+if TYPE_CHECKING:
+    from runtime.config import Config
 
 
 def parse_tasks(words: list[str]) -> list[tuple[str, str | None]]:
@@ -85,36 +74,15 @@ def run_online(config: Config, tasks: list[tuple[str, str | None]],
         return results
 
 
-async def run_offline(config: Config, tasks: list[tuple[str, str | None]],
-                      progress: Progress | None = None) -> list[TaskResult]:
-    """Do the tasks with no runtime: hold the data-dir lock for the whole run."""
-    from runtime.app import store_options
+def run_offline(config: Config, tasks: list[tuple[str, str | None]],
+                progress: Progress | None = None) -> list[TaskResult]:
+    """Do the tasks with no runtime, under the data-dir lock (see runtime.maintain.offline).
 
-    results = []
-    with DataDirLock(config.data_dir):  # DataDirLockedError -> exit 75 in the caller
-        for name, arg in tasks:
-            if name == "restore":
-                result = await _timed(name, trio.to_thread.run_sync(
-                    copy.restore, config.data_dir, Path(arg).absolute(), progress))
-            elif name == "compact":
-                result = await _timed(name, trio.to_thread.run_sync(
-                    copy.compact_offline, config.data_dir, progress))
-            else:
-                async with open_store(config.data_dir, store_options(config)) as store:
-                    events = EventLog(store)
-                    m = Maintenance(config, store, StateBook(store), events, online=False,
-                                    progress=progress)
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(events.run)
-                        result = await run_task(m, name, arg)
-                        nursery.cancel_scope.cancel()
-                if name == "disk" and result.details["before"]["level"] != "ok":
-                    # The LMDB file only shrinks by compaction, which needs the store closed.
-                    compacted = await trio.to_thread.run_sync(copy.compact_offline,
-                                                              config.data_dir)
-                    result.details["actions"].append(compacted.summary)
-            results.append(result)
-    return results
+    Raises DataDirLockedError (runtime.store.errors) at once if the lock is held.
+    """
+    from runtime.maintain.offline import run_tasks
+
+    return run_tasks(config, tasks, progress)
 
 
 @contextlib.contextmanager
@@ -123,15 +91,5 @@ def _ticking(progress: Progress | None, label: str) -> Iterator[None]:
         yield
         return
     started = time.monotonic()
-    with copy.reporting(lambda: progress(int(time.monotonic() - started), 0, label), 0.25):
+    with reporting(lambda: progress(int(time.monotonic() - started), 0, label), 0.25):
         yield
-
-
-async def _timed(name: str, work: Any) -> TaskResult:
-    started = trio.current_time()
-    try:
-        result = await work
-    except MaintainError as exc:
-        result = TaskResult(name, problems=[str(exc)])
-    result.seconds = round(trio.current_time() - started, 3)
-    return result

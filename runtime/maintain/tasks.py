@@ -19,7 +19,9 @@ from runtime.config import Config
 from runtime.events import EventLog
 from runtime.maintain import copy, disk
 from runtime.maintain.archive import archive_events
+from runtime.maintain.catalog import OFFLINE_ONLY  # noqa: F401 - online.py takes it from here
 from runtime.maintain.report import MaintainError, TaskResult
+from runtime.maintain.textfile import task_metrics_textfile
 from runtime.maintain.verify import STATE_STREAM, Progress, verify
 from runtime.store import StateBook, Store
 
@@ -39,7 +41,7 @@ class Maintenance:
 
     def setting(self, key: str) -> Any:
         """A [maintain] setting (the loader fills every key, paths made absolute)."""
-        return self.config.maintain[key]
+        return getattr(self.config.maintain, key)
 
 
 def state_streams(store: Store) -> list[str]:
@@ -143,10 +145,8 @@ TASKS: dict[str, Callable[..., Awaitable[TaskResult]]] = {
     "verify": task_verify,
     "backup": task_backup,
     "disk": task_disk,
+    "metrics-textfile": task_metrics_textfile,
 }
-TAKES_ARG = {"backup", "restore"}
-OFFLINE_ONLY = {"restore"}
-ROUTINE = ("checkpoint", "prune", "archive", "disk")
 
 
 async def run_task(m: Maintenance, name: str, arg: str | None = None) -> TaskResult:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
-from runtime.agents.mailbox import Mailboxes
+from runtime.agents.directory import AgentDirectory
+from runtime.agents.mailbox import MailboxError, Mailboxes
+from runtime.config import AgentSpec
 from runtime.store import StateBook, open_store
 
 
@@ -54,3 +57,21 @@ async def test_a_receiver_waits_for_the_next_message(tmp_path: Path) -> None:
             for i in range(3):
                 await boxes.send("b", i)
         assert got == [0, 1, 2]
+
+
+async def test_the_shared_directory_decides_who_receives(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "data") as store:
+        directory = AgentDirectory([AgentSpec(name="a", entry="m:f")])
+        boxes = Mailboxes(store, StateBook(store), directory)
+        assert await boxes.send("a", 1) == 1
+        with pytest.raises(MailboxError, match=r"no agent named 'b' to send to \(agents: a\)"):
+            await boxes.send("b", 1)
+        # The supervisor replaces the directory on reload: the mailboxes see it at once.
+        directory.replace([AgentSpec(name="b", entry="m:f")])
+        assert "b" in directory and "a" not in directory and directory.names() == ["b"]
+        assert await boxes.send("b", 1) == 1
+        with pytest.raises(MailboxError, match="no agent named 'a'"):
+            await boxes.send("a", 2)
+        with pytest.raises(MailboxError, match="idempotency key must be a string, not int"):
+            await boxes.send("b", 2, key=7)
+        assert [seq for seq, _ in store.read("agent/b/inbox")] == [1]

@@ -145,7 +145,8 @@ def test_events_follow_streams_live_events(rt: RuntimeProc) -> None:
         assert seqs == sorted(set(seqs))  # in order, no duplicates across backlog and live
     finally:
         follower.send_signal(signal.SIGINT)
-        follower.wait(timeout=10)
+        code = follower.wait(timeout=10)
+    assert code == 130  # Ctrl-C, as shells report it
     wait_for(lambda: run_json(rt, "info")["control"]["connections"] == 1,
              what="the follower's connection closed")
 

@@ -44,7 +44,7 @@ def test_good_config_resolves_paths_relative_to_the_file(tmp_path: Path) -> None
     config = load_config(write(tmp_path, GOOD))
     assert config.data_dir == tmp_path / "d"
     assert config.socket_path == tmp_path / "r" / "outpost.sock"
-    assert config.store["map_size"] == 8 << 20
+    assert config.store.map_size == 8 << 20
     (agent,) = config.agents
     assert agent.entry == f"{tmp_path / 'agents' / 'counter.py'}:run"
     assert agent.restart == "permanent"

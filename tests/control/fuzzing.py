@@ -38,6 +38,13 @@ from runtime.control.protocol import (
 SAFE_METHODS = ["status", "info", "metrics", "state.get", "events.query", "checkpoint"]
 PARAM_KEYS = ["agent", "key", "since", "until", "type", "limit", "backlog", "format", "value",
               "message"]
+# The names each method declares. Most requests use only these (with values of random
+# types), so that enough of them get past validation for the handlers to be fuzzed too;
+# the rest mix in names the method does not take, which must be refused (bad_params).
+METHOD_PARAMS = {"status": ["agent"], "info": [], "metrics": ["format"], "checkpoint": [],
+                 "state.get": ["agent", "key"], "events.query": ["since", "until", "agent",
+                                                               "type", "limit"],
+                 "events.follow": ["since", "agent", "type", "backlog"]}
 _LEN = struct.Struct(">I")
 
 
@@ -87,11 +94,13 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
             for _ in range(rng.randint(0, 4))}
 
 
-def random_params(rng: random.Random, agents: list[str]) -> dict[str, Any]:
+def random_params(rng: random.Random, agents: list[str], method: str = "") -> dict[str, Any]:
+    names = METHOD_PARAMS.get(method)
+    pool = PARAM_KEYS if names is None or rng.random() < 0.3 else names
     params = {}
-    for key in rng.sample(PARAM_KEYS, rng.randint(0, 4)):
+    for key in rng.sample(pool, rng.randint(0, min(4, len(pool)))):
         params[key] = random_value(rng)
-    if agents and rng.random() < 0.5:
+    if agents and "agent" in pool and rng.random() < 0.5:
         params["agent"] = rng.choice(agents)
     return params
 
@@ -221,7 +230,7 @@ def _session(path: Path, rng: random.Random, agents: list[str], stats: FuzzStats
             roll = rng.random()
             if roll < 0.70:  # a well-formed request with random params
                 method = rng.choice([*SAFE_METHODS, "nope", "Status", "state.get"])
-                params = random_params(rng, agents)
+                params = random_params(rng, agents, method)
                 try:
                     data = c.conn.send(Request(next_id, method, params))
                 except ProtocolError:
@@ -235,7 +244,7 @@ def _session(path: Path, rng: random.Random, agents: list[str], stats: FuzzStats
                 n = rng.randint(2, 8)
                 sent = []
                 for i in range(n):
-                    params = random_params(rng, agents)
+                    params = random_params(rng, agents, "state.get")
                     try:
                         sent.append(c.conn.send(Request(next_id + i, "state.get", params)))
                     except ProtocolError:
@@ -246,7 +255,7 @@ def _session(path: Path, rng: random.Random, agents: list[str], stats: FuzzStats
                     _note_answer(stats, c.read_event(), "state.get", "pipelined")
                 next_id += n
             elif roll < 0.80:  # follow, then leave mid-stream
-                params = random_params(rng, agents)
+                params = random_params(rng, agents, "events.follow")
                 params.pop("until", None)
                 params["backlog"] = rng.choice([0, 1, 5])
                 try:
@@ -281,7 +290,8 @@ def _session(path: Path, rng: random.Random, agents: list[str], stats: FuzzStats
                 stats.closed_with[said[-1].code] += 1
                 return
             elif roll < 0.95:  # half a frame, then disconnect
-                data = c.conn.send(Request(next_id, "status", random_params(rng, agents)))
+                data = c.conn.send(Request(next_id, "status",
+                                           random_params(rng, agents, "status")))
                 c.sock.sendall(data[: rng.randint(1, len(data) - 1)])
                 stats.frames += 1
                 if rng.random() < 0.5:
@@ -292,8 +302,9 @@ def _session(path: Path, rng: random.Random, agents: list[str], stats: FuzzStats
                 return
             else:  # a request, then disconnect without reading the answer
                 try:
-                    c.sock.sendall(c.conn.send(Request(next_id, rng.choice(SAFE_METHODS),
-                                                       random_params(rng, agents))))
+                    method = rng.choice(SAFE_METHODS)
+                    c.sock.sendall(c.conn.send(Request(next_id, method,
+                                                       random_params(rng, agents, method))))
                 except ProtocolError:
                     continue
                 stats.frames += 1

@@ -1,15 +1,17 @@
 """The control server in-process, over real Unix sockets: limits, streams, peers.
 
-Each test serves a small handler table with short limits, then drives it with
+Each test serves a small `Methods` table with short limits, then drives it with
 raw trio sockets speaking the sans-IO protocol (or deliberately not speaking it).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import stat
 import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ import msgpack
 import pytest
 import trio
 
-from runtime.control import ControlServer, Limits, MethodError, Stream
+from runtime.control.dispatch import Caller, Methods, Stream, current_caller
+from runtime.control.errors import MethodError
+from runtime.control.params import accepts
 from runtime.control.protocol import (
     CLIENT,
     NEED_DATA,
@@ -30,8 +34,10 @@ from runtime.control.protocol import (
     StreamEnd,
     StreamItem,
 )
-from runtime.control.server import Peer
+from runtime.control.server import ControlServer, Limits, Peer
+from tests.runtime_proc import ROOT, agent_block, wait_for, write_config
 
+COUNTER = agent_block("counter", str(ROOT / "examples" / "agents" / "counter.py") + ":run")
 FAST = Limits(max_connections=300, hello_timeout_s=1.0, frame_timeout_s=1.0,
               idle_timeout_s=2.0, send_timeout_s=1.0)
 
@@ -86,6 +92,13 @@ async def _is_closed_by_server(sock: trio.socket.SocketType) -> bytes:
     return data
 
 
+def methods(*handlers: Any) -> Methods:
+    """A Methods table of `handlers` by their names, each taking any params."""
+    table = Methods()
+    table.add({h.__name__: accepts(open=True)(h) for h in handlers})
+    return table
+
+
 def _decode_frames(data: bytes) -> list[Any]:
     out = []
     while data:
@@ -128,9 +141,12 @@ async def served(tmp_path: Path, nursery: trio.Nursery):
     async def big(params: dict) -> Any:
         return "x" * (2 << 20)
 
+    async def whoami(params: dict) -> Any:
+        caller = current_caller()
+        return [caller.kind, caller.uid, caller.pid]
+
     path = tmp_path / "run" / "ctl.sock"
-    server = ControlServer(path, {"echo": echo, "boom": boom, "refuse": refuse,
-                                  "count": count, "big": big}, limits=FAST)
+    server = ControlServer(path, methods(echo, boom, refuse, count, big, whoami), limits=FAST)
     await nursery.start(server.serve)
     return server, path, closed_streams
 
@@ -154,6 +170,15 @@ async def test_results_errors_and_handler_crashes_keep_the_connection(served) ->
     too_big = await c.call("big")
     assert too_big.code == "too_large"
     assert await c.call("echo", b=2) == Response(6, {"b": 2})  # still the same connection
+    c.close()
+
+
+async def test_the_peer_is_the_caller_the_method_sees(served) -> None:
+    _, path, _ = served
+    c = await AsyncClient.connect(path)
+    answer = await c.call("whoami")
+    assert answer.result == ["socket", os.getuid(), os.getpid()]  # from SO_PEERCRED
+    assert current_caller() == Caller("internal")  # set only while the method runs
     c.close()
 
 
@@ -244,7 +269,7 @@ async def test_connection_cap_answers_busy(tmp_path: Path, nursery: trio.Nursery
         return params
 
     path = tmp_path / "ctl.sock"
-    server = ControlServer(path, {"echo": echo}, limits=Limits(max_connections=3))
+    server = ControlServer(path, methods(echo), limits=Limits(max_connections=3))
     await nursery.start(server.serve)
     held = [await AsyncClient.connect(path) for _ in range(3)]
     extra = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -290,7 +315,8 @@ async def test_protocol_errors_get_a_coded_error_then_close(served) -> None:
 
 
 def test_peer_rules() -> None:
-    server = ControlServer(Path("/nonexistent"), {}, allowed_uids=(1000,), allowed_gids=(50,))
+    server = ControlServer(Path("/nonexistent"), Methods(), allowed_uids=(1000,),
+                           allowed_gids=(50,))
     me = os.getuid()
     assert server.allows(Peer(1, me, 12345))
     assert server.allows(Peer(1, 0, 0))
@@ -319,10 +345,10 @@ async def test_a_stale_socket_file_is_replaced_and_a_live_one_refused(
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens
-    server = ControlServer(path, {})
+    server = ControlServer(path, Methods())
     await nursery.start(server.serve)
     c = await AsyncClient.connect(path)
-    second = ControlServer(path, {})
+    second = ControlServer(path, Methods())
     with pytest.raises(OSError, match="already answers"):
         await second.serve()
     c.close()
@@ -345,14 +371,69 @@ async def test_closing_right_after_connect_costs_nothing(served) -> None:
 
 
 def test_refusals_are_logged_but_not_without_bound(caplog: pytest.LogCaptureFixture) -> None:
-    server = ControlServer(Path("/nonexistent"), {})
+    capped = ControlServer(Path("/nonexistent"), Methods())._refusal_log
     with caplog.at_level("WARNING", logger="outpost.control"):
         for i in range(25):
-            server._log_refusal(Peer(100 + i, 4242, 4242))
-    logged = [r.getMessage() for r in caplog.records]
-    assert len(logged) == 20
-    assert "pid 100 uid 4242 gid 4242" in logged[0]
-    assert server._refusals_unlogged == 5  # counted, summarised once the minute is over
+            capped.warning("control: refused connection from %s", Peer(100 + i, 4242, 4242))
+        logged = [r.getMessage() for r in caplog.records]
+        assert len(logged) == 20
+        assert "pid 100 uid 4242 gid 4242" in logged[0]
+        assert capped.unlogged == 5  # counted, summarised once the minute is over
+        capped._window -= 60.0  # the minute is over
+        capped.warning("control: refused connection from %s", Peer(200, 4242, 4242))
+    assert [r.getMessage() for r in caplog.records][20:] == [
+        "control: 5 more refused connection(s) not logged in the last minute",
+        "control: refused connection from pid 200 uid 4242 gid 4242"]
+
+
+def test_out_of_fds_accept_is_retried_and_serving_resumes(tmp_path: Path,
+                                                          start_runtime) -> None:
+    """A real runtime whose RLIMIT_NOFILE is lowered under it: accept hits EMFILE; the
+    connection it already serves goes on, the failures are retried without a busy
+    loop and logged without flooding, and once fds are free again the connections
+    that waited in the backlog are served."""
+    rt = start_runtime(write_config(tmp_path, COUNTER))
+    rt.wait_running("counter")
+    pid = rt.proc.pid
+    served = rt.client()  # connected before the limit: must keep working
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    waiting: list[socket.socket] = []
+    try:
+        # One above the highest fd: only the holes below it are left.
+        highest = max(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (highest + 1, limits[1]))
+        hello = Connection(CLIENT).send(Hello())
+        for _ in range(40):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(rt.socket))  # completes in the listen backlog
+            sock.sendall(hello)
+            waiting.append(sock)
+        wait_for(lambda: served.call("info")["control"]["accept_failures"] >= 3,
+                 what="accept failing with EMFILE")
+        first, started = served.call("info")["control"]["accept_failures"], time.monotonic()
+        wait_for(lambda: served.call("info")["control"]["accept_failures"] >= first + 5,
+                 what="accept retried")
+        rate = (served.call("info")["control"]["accept_failures"] - first) / (
+            time.monotonic() - started)
+        assert rate < 50, rate  # a retry every 0.1 s, not a busy loop
+        assert served.call("status")["agents"][0]["state"] == "running"
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    for sock in waiting:  # every connection that waited is served now
+        sock.settimeout(30)
+        conn = Connection(CLIENT)
+        while (event := conn.next_event()) is NEED_DATA:
+            conn.receive_data(sock.recv(65536))
+        assert isinstance(event, Hello), event
+        sock.close()
+    with rt.client() as fresh:
+        assert fresh.call("ping") == {"pong": True}
+    served.close()
+    lines = [line for line in rt.log().splitlines() if "accept failed" in line]
+    assert lines and "EMFILE (Too many open files)" in lines[0]
+    assert len(lines) <= 5, lines  # logged a few times a minute, not every retry
+    assert "accepting connections again after" in rt.log()
+    assert rt.terminate() == 0
 
 
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:

@@ -35,8 +35,8 @@ async def test_critical_suspends_events_but_not_state(tmp_path: Path) -> None:
             await store.flush()
 
             # Space comes back (here: a bigger budget) -> events resume.
-            big = dataclasses.replace(config, maintain={**config.maintain,
-                                                        "disk_budget": 1 << 40})
+            big = dataclasses.replace(
+                config, maintain=dataclasses.replace(config.maintain, disk_budget=1 << 40))
             guard.config = big
             assert guard.check().level == OK and guard.allows_nonessential()
             events.emit("restart", "a")

@@ -55,7 +55,7 @@ def test_archive_moves_old_events_into_verified_files(populated: Path) -> None:
     config = load_config(populated)
     out = report(maintain(populated, "archive", "--json"))
     assert out["archive"]["details"]["archived_events"] == 500
-    files = list(archives(config.maintain["archive_dir"]))
+    files = list(archives(config.maintain.archive_dir))
     assert files
     archived = [rec for f in files for _, rec in read_archive(f)]
     assert [rec[3]["i"] for rec in archived] == list(range(500))
@@ -171,7 +171,7 @@ def test_disk_budget_triggers_early_archiving(populated: Path) -> None:
     # Every event (all 550, plus the over-budget event itself if already stored) goes early,
     # though none is older than archive_after_days (7) except the 500 old ones.
     assert archived and archived[0] >= 550
-    assert list(archives(load_config(populated).maintain["archive_dir"]))
+    assert list(archives(load_config(populated).maintain.archive_dir))
 
 
 def test_unknown_task_is_a_usage_error(populated: Path) -> None:

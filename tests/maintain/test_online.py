@@ -5,6 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runtime.app import store_options
+from runtime.config import load_config
+from runtime.control.params import params_of
+from runtime.events import EventLog
+from runtime.maintain.disk import DiskGuard
+from runtime.maintain.online import online_tasks
+from runtime.maintain.tasks import OFFLINE_ONLY, TASKS
+from runtime.store import StateBook, open_store
 from tests.maintain.conftest import maintain
 from tests.runtime_proc import ROOT, agent_block, wait_for, write_config
 
@@ -49,3 +57,20 @@ def test_restore_is_refused_while_a_runtime_runs(tmp_path: Path, start_runtime) 
     assert result.returncode == 1
     assert "offline only" in result.stderr and "outpost stop" in result.stderr
     assert rt.proc.poll() is None
+
+
+async def test_online_tasks_are_returned_declared_and_report_plain_data(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, COUNTER))
+    async with open_store(config.data_dir, store_options(config)) as store:
+        book, events = StateBook(store), EventLog(store)
+        state = await book.open("agent/counter/state")
+        await state.incr("count")
+        tasks = online_tasks(config, store, book, events, DiskGuard(config, events))
+        assert sorted(tasks) == sorted(set(TASKS) - OFFLINE_ONLY)
+        for name, task in tasks.items():
+            assert params_of(task).names == ["arg"], name  # what `maintain` checks args by
+            assert task.__doc__
+        report = await tasks["checkpoint"]({"arg": None})
+        assert report["task"] == "checkpoint" and report["ok"] is True
+        assert report["details"] == {"checkpointed": 1}
+        assert store.checkpoints("agent/counter/state")

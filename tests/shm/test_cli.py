@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import runtime.cli.agents as cli_agents
 import runtime.cli.main as cli
 from shm import Counter, Gauge, Heartbeat, Histogram, Segment
 from tests.shm.conftest import FORK
@@ -110,7 +111,7 @@ def rpc_rows(age: float | None) -> dict:
 
 def test_status_overlays_heartbeat_ages_and_counters_from_the_segment(
         config: Path, live: Segment, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(cli, "_call", lambda args, method, **params: rpc_rows(999.0))
+    monkeypatch.setattr(cli_agents, "call", lambda args, method, **params: rpc_rows(999.0))
     code, out, _ = run_cli(capsys, "status", "--json", "--config", str(config))
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)["agents"]}
@@ -125,7 +126,7 @@ def test_status_overlays_heartbeat_ages_and_counters_from_the_segment(
 
 def test_status_falls_back_to_rpc_values_without_a_segment(
         config: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(cli, "_call", lambda args, method, **params: rpc_rows(12.5))
+    monkeypatch.setattr(cli_agents, "call", lambda args, method, **params: rpc_rows(12.5))
     code, out, _ = run_cli(capsys, "status", "--json", "--config", str(config))
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)["agents"]}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -82,14 +81,3 @@ async def gather(*fns: Callable[[], Awaitable[object]]) -> list[object]:
         for i, fn in enumerate(fns):
             nursery.start_soon(one, i, fn)
     return results
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak tests (long chaos runs) run only when asked: `-m soak` or OUTPOST_SOAK=1."""
-    if "soak" in (config.getoption("markexpr") or "") or os.environ.get("OUTPOST_SOAK"):
-        return
-    here = Path(__file__).parent
-    skip = pytest.mark.skip(reason="soak test: run with -m soak or OUTPOST_SOAK=1")
-    for item in items:
-        if item.get_closest_marker("soak") and here in Path(str(item.fspath)).parents:
-            item.add_marker(skip)

@@ -1,4 +1,5 @@
-"""Issue 3 items 4 and 5: key-value state, checkpoints, retention and recovery."""
+"""Issue 3 items 4 and 5: checkpoints, retention, quarantine and recovery from the
+store's side (the key-value state itself: test_kvstate.py)."""
 
 from __future__ import annotations
 
@@ -10,60 +11,12 @@ from pathlib import Path
 
 import lmdb
 import pytest
-import trio
 
-from runtime.store import (
-    KeyValueState,
-    StateBook,
-    StateError,
-    StoreError,
-    StoreOptions,
-    open_store,
-)
-from runtime.store.kvstate import apply_op, digest_of
+from runtime.store import KeyValueState, StoreError, StoreOptions, open_store
 
-from .conftest import until
+from .state_ops import random_ops, run_op
 
 STREAM = "agent/demo/state"
-
-
-def random_ops(rng: random.Random, count: int) -> list[tuple[str, str, object]]:
-    keys = [f"k{i}" for i in range(25)]
-    ops: list[tuple[str, str, object]] = []
-    for _ in range(count):
-        kind = rng.choice(("set", "set", "incr", "incr", "merge", "del"))
-        key = rng.choice(keys)
-        if kind == "set":
-            arg = rng.choice([rng.randrange(-5, 5), "text", [1, 2], {"a": 1}, None, 2.5, True])
-        elif kind == "incr":
-            arg = rng.choice([1, 2, -3, 0.25])
-        elif kind == "merge":
-            arg = {rng.choice("abc"): rng.randrange(100)}
-        else:
-            arg = None
-        ops.append((kind, key, arg))
-    return ops
-
-
-async def run_op(state: KeyValueState, op: tuple[str, str, object]) -> None:
-    kind, key, arg = op
-    if kind == "set":
-        await state.set(key, arg)
-    elif kind == "del":
-        await state.delete(key)
-    elif kind == "incr":
-        current = state.get(key, 0)
-        if isinstance(current, bool) or not isinstance(current, int | float):
-            await state.set(key, 0)  # incr refuses non-numbers; keep the model total
-        await state.incr(key, arg)
-    else:
-        await state.merge(key, arg)
-
-
-def full_replay(store, stream: str) -> tuple[dict, int]:
-    data: dict = {}
-    last = store.replay(stream, 1, lambda seq, op: apply_op(data, op))
-    return data, last
 
 
 def corrupt_on_disk(data_dir: Path, blob: bytes) -> int:
@@ -78,33 +31,6 @@ def corrupt_on_disk(data_dir: Path, blob: bytes) -> int:
         start = at + len(blob)
     path.write_bytes(bytes(raw))
     return copies
-
-
-async def test_state_ops_and_their_errors(data_dir: Path) -> None:
-    async with open_store(data_dir) as store:
-        state = await KeyValueState.load(store, STREAM)
-        await state.set("name", "probe")
-        assert await state.incr("count") == 1
-        assert await state.incr("count", 2.5) == 3.5
-        assert await state.merge("cfg", {"a": 1}) == {"a": 1}
-        assert await state.merge("cfg", {"b": 2}) == {"a": 1, "b": 2}
-        await state.delete("name")
-        await state.delete("never-there")
-        assert state.to_dict() == {"count": 3.5, "cfg": {"a": 1, "b": 2}}
-        with pytest.raises(StateError, match="is not a number"):
-            await state.incr("cfg")
-        with pytest.raises(StateError, match="finite number"):
-            await state.incr("count", float("nan"))
-        with pytest.raises(StateError, match="expected a mapping"):
-            await state.merge("cfg", [1])
-        with pytest.raises(StateError, match="non-empty strings"):
-            await state.set("", 1)
-        with pytest.raises(StoreError, match="msgpack"):
-            await state.set("x", object())
-        assert state.applied_seq == 7  # refused ops never reached the log
-    async with open_store(data_dir) as store:
-        again = await KeyValueState.load(store, STREAM)
-        assert again.to_dict() == {"count": 3.5, "cfg": {"a": 1, "b": 2}}
 
 
 async def test_checkpoint_and_prune_commit_together_with_retention(data_dir: Path) -> None:
@@ -139,45 +65,6 @@ async def test_keep_tail_keeps_covered_records(data_dir: Path) -> None:
         await state.checkpoint(keep_tail=5)
         assert store.first_seq(STREAM) == 16
         assert [s for s, _ in store.checkpoints(STREAM)] == [20]
-
-
-async def test_recovering_twice_gives_the_same_digest(data_dir: Path) -> None:
-    rng = random.Random(7)
-    async with open_store(data_dir) as store:
-        state = await KeyValueState.load(store, STREAM)
-        for i, op in enumerate(random_ops(rng, 300)):
-            await run_op(state, op)
-            if i % 70 == 69:
-                await state.checkpoint()
-        live = state.digest()
-    digests = []
-    for _ in range(2):
-        async with open_store(data_dir) as store:
-            digests.append((await KeyValueState.load(store, STREAM)).digest())
-    assert digests == [live, live]
-
-
-async def test_checkpoint_plus_replay_equals_full_replay(data_dir: Path) -> None:
-    rng = random.Random(11)
-    model: dict = {}
-    async with open_store(data_dir) as store:
-        state = await KeyValueState.load(store, STREAM)
-        checked = 0
-        for i, op in enumerate(random_ops(rng, 400)):
-            await run_op(state, op)
-            if i % 50 == 49:
-                # keep_tail covers everything, so the whole log stays for the full replay
-                await state.checkpoint(keep_tail=10**6)
-                loaded = await KeyValueState.load(store, STREAM)
-                assert loaded.checkpoint_seq == state.applied_seq
-                replayed, last = full_replay(store, STREAM)
-                assert last == state.applied_seq
-                assert loaded.digest() == digest_of(replayed) == state.digest()
-                checked += 1
-        for _, op in store.read(STREAM):
-            apply_op(model, op)
-    assert checked == 8
-    assert digest_of(model) == state.digest()
 
 
 async def test_corrupt_newest_checkpoint_is_quarantined_and_state_still_exact(
@@ -282,41 +169,6 @@ async def test_wal_gap_is_refused(data_dir: Path) -> None:
             await KeyValueState.load(store, STREAM)
 
 
-async def test_statebook_checkpoints_every_n_ops_off_the_hot_path(data_dir: Path) -> None:
-    async with open_store(data_dir) as store:
-        book = StateBook(store, every_ops=10, every_s=3600)
-        state = await book.open(STREAM)
-        assert await book.open(STREAM) is state
-        for _ in range(25):
-            await state.incr("n")
-        # Writers never checkpoint: nothing is written until the book's task runs.
-        assert store.checkpoints(STREAM) == []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(book.run)
-            await until(lambda: state.checkpoint_seq == 25, what="an ops-triggered checkpoint")
-            for _ in range(5):
-                await state.incr("n")
-            await trio.testing.wait_all_tasks_blocked()
-            assert state.checkpoint_seq == 25  # 5 < every_ops: not due yet
-            for _ in range(5):
-                await state.incr("n")
-            await until(lambda: state.checkpoint_seq == 35, what="second checkpoint")
-            nursery.cancel_scope.cancel()
-        assert [s for s, _ in store.checkpoints(STREAM)] == [25, 35]
-
-
-async def test_statebook_checkpoints_every_t_seconds(data_dir: Path) -> None:
-    async with open_store(data_dir) as store:
-        book = StateBook(store, every_ops=10**6, every_s=0.05)
-        state = await book.open(STREAM)
-        await state.set("a", 1)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(book.run)
-            await until(lambda: state.checkpoint_seq == 1, what="a timed checkpoint")
-            nursery.cancel_scope.cancel()
-        assert book.checkpoints_written >= 1
-
-
 async def test_zstd_level_is_used(data_dir: Path) -> None:
     payload = b"abcdefgh" * 50_000
     sizes = {}
@@ -374,15 +226,3 @@ async def test_replay_chunks_matches_read(data_dir: Path) -> None:
         assert seen == store.read("b")
 
 
-async def test_a_malformed_op_record_is_named_by_seq(data_dir: Path) -> None:
-    async with open_store(data_dir) as store:
-        await store.append_many(STREAM, [["set", "a", 1]] * 10 + [["set", ["unhashable"], 1]]
-                                + [["set", "b", 2]])
-        with pytest.raises(StoreError, match="seq 11: cannot replay"):
-            await KeyValueState.load(store, STREAM)
-        await store.append_many("s2", [["set", "a", 1], ["frobnicate", "a", 1]])
-        with pytest.raises(StoreError, match=r"seq 2: cannot replay .*unknown state op"):
-            await KeyValueState.load(store, "s2")
-        await store.append_many("s3", [["set", "a", 1], "not an op"])
-        with pytest.raises(StoreError, match="seq 2: cannot replay"):
-            await KeyValueState.load(store, "s3")

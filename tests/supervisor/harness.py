@@ -14,9 +14,10 @@ import psutil
 import trio
 
 from runtime.agents import AgentContext, state_stream
+from runtime.agents.directory import AgentDirectory
 from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec
-from runtime.config.schema import GroupSpec
+from runtime.config.schema import GroupSpec, SupervisorSection
 from runtime.store import StateBook, open_store
 from runtime.supervisor import Supervisor
 from runtime.supervisor.template import Template, TemplateClient
@@ -40,6 +41,7 @@ class Harness:
     tmp: Path
     events: list[dict] = field(default_factory=list)
     gave_up: list[str] = field(default_factory=list)
+    changed: trio.Event = field(default_factory=trio.Event)  # set (and replaced) per event
 
     def of(self, type_: str, agent: str | None = None, **match: Any) -> list[dict]:
         return [e for e in self.events if e["type"] == type_
@@ -58,6 +60,21 @@ class Harness:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; events: "
                              + repr([(e['type'], e['agent']) for e in self.events[-30:]]))
 
+    def note(self, event: dict) -> None:
+        self.events.append(event)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, condition: Callable[[], Any]) -> Any:
+        """Wait, without polling, until `condition()` holds after some event.
+
+        For tests under trio's MockClock, where a polling loop's sleeps would
+        let the clock jump past what the test waits for.
+        """
+        while not (value := condition()):
+            await self.changed.wait()
+        return value
+
     def starts(self, name: str) -> list[list[str]]:
         path = self.tmp / f"{name}.starts"
         return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
@@ -71,7 +88,7 @@ class Harness:
 
 @asynccontextmanager
 async def running(tmp: Path, specs: tuple[AgentSpec, ...] | list[AgentSpec],
-                  groups: tuple[GroupSpec, ...] = (), root: dict | None = None,
+                  groups: tuple[GroupSpec, ...] = (), root: SupervisorSection | None = None,
                   template: Template | None = None) -> AsyncIterator[Harness]:
     """The supervisor running `specs` (and `groups`) until the block ends, then stopped."""
     before = os.environ.get("OUTPOST_TEST_DIR")
@@ -88,16 +105,17 @@ async def running(tmp: Path, specs: tuple[AgentSpec, ...] | list[AgentSpec],
 
 @asynccontextmanager
 async def _running(tmp: Path, specs: tuple[AgentSpec, ...] | list[AgentSpec],
-                   groups: tuple[GroupSpec, ...], root: dict | None,
+                   groups: tuple[GroupSpec, ...], root: SupervisorSection | None,
                    template: Template | None) -> AsyncIterator[Harness]:
     async with open_store(tmp / "data") as store:
         segment = Segment.create(tmp / "seg.shm", 256)
         book = StateBook(store)
-        mailboxes = Mailboxes(store, book)
-        events: list[dict] = []
+        directory = AgentDirectory()
+        mailboxes = Mailboxes(store, book, directory)
+        harness: list[Harness] = []
 
         def emit(type_: str, agent: str | None = None, **fields: Any) -> None:
-            events.append({"type": type_, "agent": agent, "t": time.monotonic(), **fields})
+            harness[0].note({"type": type_, "agent": agent, "t": time.monotonic(), **fields})
 
         async def make_context(spec: AgentSpec) -> AgentContext:
             return AgentContext(spec.name, await book.open(state_stream(spec.name)), segment,
@@ -111,10 +129,10 @@ async def _running(tmp: Path, specs: tuple[AgentSpec, ...] | list[AgentSpec],
         gave_up: list[str] = []
         sup = Supervisor(tuple(specs), make_context, beat_age, emit, groups=groups, root=root,
                          template=client, segment=segment, book=book, mailboxes=mailboxes,
-                         log_dir=tmp / "log", data_dir=tmp / "data",
+                         directory=directory, log_dir=tmp / "log", data_dir=tmp / "data",
                          on_root_give_up=gave_up.append)
-        mailboxes._known = lambda name: sup.find(name) is not None
-        h = Harness(sup, mailboxes, book, segment, tmp, events, gave_up)
+        h = Harness(sup, mailboxes, book, segment, tmp, [], gave_up)
+        harness.append(h)
         async with trio.open_nursery() as nursery:
             if client is not None:
                 await nursery.start(client.run)

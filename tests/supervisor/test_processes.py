@@ -12,6 +12,7 @@ import pytest
 
 from runtime.agents import state_stream
 from runtime.config import AgentSpec
+from runtime.config.schema import SupervisorSection
 from runtime.supervisor.template import Template
 from tests.supervisor.harness import fixture, gone, running, zombies_of
 
@@ -87,7 +88,7 @@ async def crash_cycles(tmp_path: Path, template: Template, cycles: int) -> None:
         nonlocal most_zombies
         most_zombies = max(most_zombies, len(zombies_of(template.pid)))
         return len(h.of("exit", "c")) >= cycles
-    async with running(tmp_path, [spec], root={"max_restarts": 10**6},
+    async with running(tmp_path, [spec], root=SupervisorSection(max_restarts=10**6),
                        template=template) as h:
         await h.until(lambda: cycles_done(h), timeout=90 * cycles / 200, what="cycles")
         pids = {e["pid"] for e in h.of("start", "c")}
@@ -228,9 +229,9 @@ async def test_exec_agent_missing_program_and_shutdown_timeout_kill(
 
 @pytest.mark.parametrize("n", [1])
 async def test_unknown_agent_in_a_send_is_an_error(tmp_path: Path, n: int) -> None:
-    from runtime.supervisor import UnknownAgentError
+    from runtime.agents.mailbox import MailboxError
     async with running(tmp_path, []) as h:
-        with pytest.raises(UnknownAgentError):
+        with pytest.raises(MailboxError, match="no agent named 'nobody'"):
             await h.mailboxes.send("nobody", "x")
 
 
@@ -247,3 +248,29 @@ async def test_a_garbage_frame_kills_the_agent_not_the_runtime(tmp_path: Path,
         # Killed, or gone on its own first: its channel was closed on it.
         assert h.of("exit", "liar")[0]["failed"]
         assert h.state("fine_auto") == "running"
+
+
+async def test_an_agent_flooding_writes_and_sends_waits_and_loses_nothing(
+        tmp_path: Path, template: Template) -> None:
+    from runtime.supervisor.channel import CALLS_IN_FLIGHT, STATE_OPS_QUEUED
+    writes, sends = 4 * STATE_OPS_QUEUED, 2 * CALLS_IN_FLIGHT
+    agent = tmp_path / "flood.py"
+    agent.write_text(
+        "import trio\n\n"
+        "async def run(ctx):\n"
+        "    async with trio.open_nursery() as nursery:\n"
+        f"        for i in range({writes}):\n"
+        "            nursery.start_soon(ctx.state.set, f'k{i}', i)\n"
+        f"        for i in range({sends}):\n"
+        "            nursery.start_soon(ctx.send, ctx.name, i)\n"
+        "    ctx.ready()\n"
+        "    await trio.sleep_forever()\n")
+    async with running(tmp_path, [proc(tmp_path, "flood", f"{agent}:run", max_restarts=0)],
+                       template=template) as h:
+        # Far more requests than the channel queues: the agent's sends wait, then go on.
+        await h.until(lambda: h.sup.find("flood").ready.is_set(), timeout=60,
+                      what="every write and send acknowledged")
+        state = await h.book.open(state_stream("flood"))
+        assert {k: state.get(k) for k in state.to_dict()} == {f"k{i}": i for i in range(writes)}
+        assert len(h.mailboxes.store.read("agent/flood/inbox")) == sends
+        assert h.of("protocol-error") == [] and len(h.of("start", "flood")) == 1

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from runtime.config import AgentSpec
-from runtime.config.schema import GroupSpec
-from runtime.supervisor import UnknownAgentError
+from runtime.config.schema import GroupSpec, SupervisorSection
+from runtime.supervisor import InvalidReloadError, SupervisorError, UnknownAgentError
 from tests.supervisor.harness import fixture, running
 
 CTRL = fixture("controlled.py")
@@ -102,7 +102,7 @@ async def test_escalation_stops_the_group_in_reverse_and_the_parent_restarts_it(
 async def test_root_giving_up_reports_and_keep_running_marks_failed(tmp_path: Path) -> None:
     specs = [AgentSpec(name="crasher", entry=fixture("crash_now.py"), max_restarts=100),
              ctrl("bystander")]
-    root = {"max_restarts": 3, "restart_window_s": 60, "on_give_up": "keep_running"}
+    root = SupervisorSection(max_restarts=3, restart_window_s=60, on_give_up="keep_running")
     async with running(tmp_path, specs, root=root) as h:
         await h.until(lambda: h.of("give-up", None, group="/"), what="root give-up")
         assert h.gave_up == []  # keep_running: the runtime is not asked to stop
@@ -112,7 +112,7 @@ async def test_root_giving_up_reports_and_keep_running_marks_failed(tmp_path: Pa
         await h.sup.restart_agent("bystander")
         await started(h, "bystander", times=2)
     specs = [AgentSpec(name="crasher", entry=fixture("crash_now.py"), max_restarts=100)]
-    async with running(tmp_path / "stop", specs, root={"max_restarts": 2}) as h:
+    async with running(tmp_path / "stop", specs, root=SupervisorSection(max_restarts=2)) as h:
         await h.until(lambda: h.gave_up, what="root give-up with on_give_up=stop")
         assert "more than 2 restarts" in h.gave_up[0]
 
@@ -201,8 +201,7 @@ async def test_reload_adds_a_group_with_its_agents_and_changes_strategies(tmp_pa
                         agents=(ctrl("a_auto"), ctrl("b_auto", group="g"),
                                 ctrl("c_auto", group="g")),
                         groups=(GroupSpec("g", strategy="one_for_all"),),
-                        supervisor={"strategy": "one_for_one", "max_restarts": 50,
-                                    "restart_window_s": 60, "on_give_up": "stop"})
+                        supervisor=SupervisorSection(max_restarts=50))
         result = await h.sup.reload(config)
         assert result["added"] == ["b_auto", "c_auto"] and result["unchanged"] == ["a_auto"]
         await started(h, "b_auto", "c_auto")
@@ -212,3 +211,20 @@ async def test_reload_adds_a_group_with_its_agents_and_changes_strategies(tmp_pa
         await h.send("c_auto", "crash")  # one_for_all inside the new group
         await started(h, "b_auto", "c_auto", times=2)
         assert len(h.of("start", "a_auto")) == 1
+
+
+async def test_a_reload_that_cannot_be_built_is_refused_and_changes_nothing(
+        tmp_path: Path) -> None:
+    async with running(tmp_path, [ctrl("a_auto")]) as h:
+        await started(h, "a_auto")
+        for bad, why in [
+                ([ctrl("a_auto"), ctrl("b_auto", group="nowhere")], "'nowhere' is not a defined"),
+                ([ctrl("x_auto", depends_on=("y_auto",)), ctrl("y_auto", depends_on=("x_auto",))],
+                 "depends_on forms a cycle")]:
+            with pytest.raises(InvalidReloadError, match=why) as refused:
+                await h.sup.reload(bad)
+            assert isinstance(refused.value, SupervisorError)
+            assert str(refused.value).startswith("reload refused, nothing was changed: ")
+        assert [r["name"] for r in h.sup.status()] == ["a_auto"] and h.of("reload") == []
+        assert h.state("a_auto") == "running" and len(h.of("start", "a_auto")) == 1
+        assert "a_auto" in h.sup.directory and "b_auto" not in h.sup.directory
