@@ -209,7 +209,9 @@ class KeyValueState(Mapping):
 
         The op reaches the in-memory state in commit order, when it is durable;
         `count` (a shm Counter, e.g. ctx.state's writes) is bumped then too.
-        StoreError (StateError for a bad argument) means nothing was stored.
+        StoreError (StateError for a bad argument) means nothing was stored. The
+        writer packs the value when its batch is written: do not mutate it until
+        this returns.
         """
         if type(key) is not str or not key or kind != SET:  # a set of a str key: no checks
             arg = self._checked(kind, key, arg)
