@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,27 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+class CommitGate:
+    """Commit hooks that hold the writer inside `before_commit` of commit `hold` until
+    `released` is set, and record each commit's ops (`batches`) and size (`sizes`)."""
+
+    def __init__(self, hold: int) -> None:
+        self.hold = hold
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.sizes: dict[int, int] = {}
+        self.batches: dict[int, list] = {}
+
+    def before(self, batch_no: int, ops: list) -> None:
+        if batch_no == self.hold:
+            self.entered.set()
+            self.released.wait(30)
+
+    def after(self, batch_no: int, ops: list) -> None:
+        self.sizes[batch_no] = len(ops)
+        self.batches[batch_no] = list(ops)
 
 
 async def until(condition: Callable[[], object], timeout: float = 10.0,
