@@ -2,8 +2,8 @@
 
 setup.py names this file in `cffi_modules`, so `pip install` (and the venv helper,
 whenever native/* changes) builds `shm/_native.abi3.so` from native/outpost_native.c
-(the atomics, called through cffi) and native/outpost_counter.c (shm.metrics.Counter,
-a CPython type: see that file for why).
+(the atomics, called through cffi) and native/outpost_metrics.c (shm.metrics.Counter,
+Gauge, Heartbeat and Histogram, CPython types: see that file for why).
 """
 
 from cffi import FFI
@@ -31,6 +31,7 @@ double op_xchg_f64(double *p, double v);
 
 int64_t op_now_ns(void);
 void op_beat(int64_t *p);
+void op_beat_repeat(int64_t *p, int64_t times);
 
 int64_t op_hist_observe(int64_t *slot, double v);
 
@@ -52,7 +53,7 @@ int op_py_register(const char *module_name);
 # measured on our VM, a void(int64_t *) call went from ~62 ns to ~30 ns per call
 # without it. Every function here is non-blocking and bounded (see the header),
 # sets no errno we read, and touches no Python state, so keeping the GIL is safe
-# (op_py_register is the exception that needs it: it creates a Python type).
+# (op_py_register is the exception that needs it: it creates Python types).
 # The generated wrappers come after this preamble, so redefining the macros here
 # changes them and nothing else. If a future cffi stops using these names the
 # build still works, only slower (the benchmark would show it).
@@ -76,9 +77,9 @@ ffibuilder.set_source(
     "shm._native",
     PREAMBLE,
     # Relative paths: setuptools runs this from the project root.
-    sources=["native/outpost_native.c", "native/outpost_counter.c"],
+    sources=["native/outpost_native.c", "native/outpost_metrics.c"],
     include_dirs=["native"],
-    # The 3.11 stable ABI (our floor) rather than cffi's default 3.2 one: Counter holds
+    # The 3.11 stable ABI (our floor) rather than cffi's default 3.2 one: the metric types hold
     # a Py_buffer, which joined the limited API in 3.11.
     define_macros=[("Py_LIMITED_API", "0x030B0000")],
     # Slots are reinterpreted (int64 words holding doubles): no aliasing assumptions.

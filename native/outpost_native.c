@@ -122,6 +122,11 @@ void op_beat(int64_t *p) {
     atomic_store_explicit(A64(p), op_now_ns(), memory_order_release);
 }
 
+void op_beat_repeat(int64_t *p, int64_t times) {
+    for (int64_t i = 0; i < times; i++)
+        op_beat(p);
+}
+
 /* ---- histogram ------------------------------------------------------------ */
 
 int64_t op_hist_observe(int64_t *slot, double v) {

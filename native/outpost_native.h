@@ -47,6 +47,9 @@ double op_xchg_f64(double *p, double v);
 /* CLOCK_MONOTONIC in ns: comparable across processes of one boot. */
 int64_t op_now_ns(void);
 void op_beat(int64_t *p);
+/* `times` beats in a row: the C-level floor of a beat (the clock read is most
+ * of it) for benchmarks. */
+void op_beat_repeat(int64_t *p, int64_t times);
 
 /* Observe v in a histogram slot laid out as above. Returns the bucket index,
  * or -1 if the slot's bound count is corrupt (nothing is written then). */
@@ -74,8 +77,9 @@ int op_seq_write_steal(int64_t *rec, const char *src, size_t nbytes, int64_t dea
                        int64_t pid);
 int op_seq_read(const int64_t *rec, char *dst, size_t nbytes, int64_t max_spins);
 
-/* Registers shm.metrics.Counter (outpost_counter.c) as an attribute of the
- * extension module `module_name`. 0 on success, < 0 on failure. */
+/* Registers shm.metrics.Counter, Gauge, Heartbeat and Histogram
+ * (outpost_metrics.c) as attributes of the extension module `module_name`.
+ * 0 on success, < 0 on failure. */
 int op_py_register(const char *module_name);
 
 #endif

@@ -14,6 +14,7 @@ the store, removes the socket and the segment.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -27,7 +28,7 @@ from runtime.agents import AgentContext, state_stream
 from runtime.agents.directory import AgentDirectory
 from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec, Config
-from runtime.control.dispatch import Methods
+from runtime.control.dispatch import Caller, Methods
 from runtime.control.ledger import RequestLedger
 from runtime.control.mutations import Mutations
 from runtime.control.server import ControlServer
@@ -42,19 +43,11 @@ from runtime.store import StateBook, Store, StoreOptions, open_store
 from runtime.supervisor import RootGaveUp, Supervisor
 from runtime.supervisor.methods import supervisor_methods
 from runtime.supervisor.template import Template, TemplateClient
+from runtime.telemetry import HELP, Telemetry
 from shm import Segment
 from shm.metrics import heartbeat_age
 
 log = logging.getLogger("outpost")
-
-
-def store_options(config: Config) -> StoreOptions:
-    """The store's options from the [store] section (the checkpoint keys are not the store's)."""
-    s = config.store
-    return StoreOptions(
-        map_size=s.map_size, map_size_max=s.map_size_max, durability=s.durability,
-        fsync_interval_ms=s.fsync_interval_ms, batch_window_ms=s.batch_window_ms,
-        max_batch=s.max_batch, zstd_level=s.zstd_level)
 
 
 class Runtime:
@@ -165,7 +158,7 @@ async def run_runtime(config: Config, template: Template | None = None, *,
     supervisor gave up. Started (`nursery.start`) once the control socket
     answers, with the Runtime.
     """
-    async with open_store(config.data_dir, store_options(config)) as store:
+    async with open_store(config.data_dir, StoreOptions.of(config.store)) as store:
         config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(config.run_dir, 0o700)
         segment = Segment.create(config.segment_path, config.shm_slots)
@@ -186,6 +179,11 @@ async def run_runtime(config: Config, template: Template | None = None, *,
 
 async def _serve(rt: Runtime, task_status: trio.TaskStatus[Runtime]) -> None:
     config = rt.config
+    http = None
+    if config.http.enabled:  # built before anything starts: a bad token file refuses
+        from runtime.http.serve import HttpFace  # hypercorn is loaded only when it serves
+        http = HttpFace(config.http, functools.partial(rt.methods.call, caller=Caller("http")),
+                        rt.segment, metrics_help=HELP)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             nursery.start_soon(_on_signal, signals, rt.shutdown_requested)
@@ -201,6 +199,10 @@ async def _serve(rt: Runtime, task_status: trio.TaskStatus[Runtime]) -> None:
                 await nursery.start(rt.template.run)
             await nursery.start(rt.supervisor.run)
             await nursery.start(rt.control.serve)
+            await nursery.start(Telemetry(rt.segment, rt.store, rt.events, rt.disk_guard,
+                                          rt.methods.call).run)
+            if http is not None:
+                await nursery.start(http.run)
             log.info("outpost %s running: %d agent(s), control socket %s", __version__,
                      len(config.agents), config.socket_path)
             task_status.started(rt)

@@ -1,30 +1,22 @@
 """The value types that live in segment slots: Counter, Gauge, Histogram, Heartbeat, Record.
 
 Each object holds a pointer into the mapping, and its hot operations run no
-Python frame:
+Python frame. Counter, Gauge, Heartbeat and Histogram are native types
+(native/outpost_metrics.c): `c.inc()`, `g.set(v)`, `g.add(v)`, `hb.beat()` and
+`h.observe(v)` are method calls CPython specialises end to end, the cheapest
+call it has. See scripts/bench/shm.py for what each layer costs.
 
-- Counter is a native type (native/outpost_counter.c): `c.inc()` is a method
-  call CPython specialises end to end, the cheapest call it has.
-- Everything else (Gauge.set and add, Histogram.observe, Heartbeat.beat) is
-  an instance attribute holding functools.partial bound straight to the native
-  function and the slot pointer.
-
-See scripts/bench/shm.py for what each layer costs.
-
-Making one of the others pins the mapping for the life of the process
-(Segment.pin); a Counter holds a buffer export of its word instead. Either way
-an object or a bound method that outlives its segment or a runtime restart
-writes to the old, unseen mapping rather than to unmapped memory.
+Those four own a buffer export of their slot, so an object (or a bound method
+such as `beat = hb.beat`) that outlives its segment or a runtime restart writes
+to the old, unseen mapping rather than to unmapped memory. Record pins its
+mapping for the life of the process instead (Segment.pin).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import struct
 import time
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 
 from shm import _native
 from shm._native import ffi, lib
@@ -38,9 +30,9 @@ from shm.segment import (
     Segment,
     SegmentError,
     _pid_alive,
+    histogram_bounds,
 )
 
-HIST_MAX_BOUNDS = lib.OP_HIST_MAX_BOUNDS  # [n, bounds (n), buckets (n + 1), sum] fit a slot
 RECORD_HEADER_WORDS = lib.OP_SEQ_HEADER_WORDS
 RECORD_MAX_BYTES = (SLOT_WORDS - RECORD_HEADER_WORDS) * 8
 # Spins per native seqlock call before Python looks at the writer's pid (and
@@ -77,13 +69,17 @@ class RecordBusyError(SegmentError):
 
 
 if not hasattr(_native, "Counter") and lib.op_py_register(_native.__name__.encode()) != 0:
-    raise ImportError(f"{_native.__file__}: could not create the native Counter type; "
+    raise ImportError(f"{_native.__file__}: could not create the native metric types; "
                       "reinstall outpost (pip install .) to rebuild the extension")
+# Native types (see native/outpost_metrics.c for why), final: not subclassable.
 Counter = _native.Counter
-"""Counter(segment, name): a shared int64 total; inc() adds one, add(n) adds n.
-
-A native type (see native/outpost_counter.c for why), final: not subclassable.
-"""
+"""Counter(segment, name): a shared int64 total; inc() adds one, add(n) adds n."""
+Gauge = _native.Gauge
+"""Gauge(segment, name): a shared float64; set(v) stores, add(v) adds (CAS) and returns it."""
+Heartbeat = _native.Heartbeat
+"""Heartbeat(segment, name): beat() stamps CLOCK_MONOTONIC, age() says how long ago."""
+Histogram = _native.Histogram
+"""Histogram(segment, name, bounds): fixed "le" buckets; observe(v) returns the bucket."""
 
 
 def word_pointer(counter: Counter):  # -> ffi cdata int64_t*
@@ -120,89 +116,6 @@ class CounterBatch:
         out = ffi.new("int64_t[]", len(self.counters))
         lib.op_load_i64_batch(self._ptrs, out, len(self.counters))
         return list(out)
-
-
-class Gauge:
-    """A float that goes up and down: set(v) is an atomic store, add(v) a CAS loop.
-
-    add returns the new value. Two processes adding at once lose nothing.
-    """
-
-    __slots__ = ("_ptr", "add", "name", "set")
-
-    set: Callable[[float], None]
-    add: Callable[[float], float]
-
-    def __init__(self, segment: Segment, name: str) -> None:
-        self.name = name
-        self._ptr = ffi.cast("double *", segment.slot_words(segment.claim(name, GAUGE)))
-        segment.pin()
-        self.set = partial(lib.op_store_f64, self._ptr)
-        self.add = partial(lib.op_add_f64, self._ptr)
-
-    def exchange(self, v: float) -> float:
-        """Store v and return the value it replaced, atomically (e.g. read-and-reset)."""
-        return lib.op_xchg_f64(self._ptr, v)
-
-    def compare_and_set(self, expected: float, v: float) -> bool:
-        """Store v if the gauge holds exactly `expected` (bit for bit); say whether it did."""
-        return bool(lib.op_cas_f64(self._ptr, expected, v))
-
-    def value(self) -> float:
-        """The current value (an acquire load)."""
-        return lib.op_load_f64(self._ptr)
-
-
-class Histogram:
-    """Fixed buckets, lock-free: an observation is one atomic bucket add plus a CAS on the sum.
-
-    Slot words: [nbounds, bounds..., buckets (nbounds + 1, last is +Inf)..., sum].
-    Buckets count v <= bound ("le"), NaN goes to +Inf. observe(v) returns the
-    bucket index. A reader sees every bucket and the sum whole, but may see an
-    observation's bucket before its sum (as with every Prometheus client).
-    """
-
-    __slots__ = ("_words", "bounds", "name", "observe")
-
-    observe: Callable[[float], int]
-
-    def __init__(self, segment: Segment, name: str, bounds: Sequence[float]) -> None:
-        bounds = [float(b) for b in bounds]
-        if not bounds or len(bounds) > HIST_MAX_BOUNDS or sorted(set(bounds)) != bounds \
-                or any(math.isnan(b) or math.isinf(b) for b in bounds):
-            raise SegmentError(
-                f"histogram {name!r}: bounds must be 1..{HIST_MAX_BOUNDS} finite, "
-                f"strictly increasing numbers, got {bounds}")
-        init = struct.pack(f"<q{len(bounds)}d", len(bounds), *bounds)
-        words = segment.slot_words(segment.claim(name, HISTOGRAM, init))
-        stored = _read_bounds(words)
-        if stored != bounds:
-            raise SegmentError(f"histogram {name!r} exists with bounds {stored}, not {bounds}")
-        self.name, self.bounds, self._words = name, bounds, words
-        segment.pin()
-        self.observe = partial(lib.op_hist_observe, words)
-
-    def value(self) -> dict:
-        """{"bounds", "buckets" (per bucket, not cumulative), "count", "sum"}."""
-        return _histogram_value(self._words)
-
-
-class Heartbeat:
-    """A monotonic-clock stamp: beat() records now (one atomic store), age() says how long ago."""
-
-    __slots__ = ("_ptr", "beat", "name")
-
-    beat: Callable[[], None]
-
-    def __init__(self, segment: Segment, name: str) -> None:
-        self.name = name
-        self._ptr = segment.slot_words(segment.claim(name, HEARTBEAT))
-        segment.pin()
-        self.beat = partial(lib.op_beat, self._ptr)
-
-    def age(self) -> float | None:
-        """Seconds since the last beat, or None if it never beat."""
-        return heartbeat_age(self._ptr)
 
 
 class Record:
@@ -292,16 +205,13 @@ def heartbeat_age(ptr) -> float | None:
     return max(0.0, (lib.op_now_ns() - stamp) / 1e9)
 
 
-def _read_bounds(words) -> list[float]:
-    n = _load_i64(words)
-    if not 1 <= n <= HIST_MAX_BOUNDS:
-        raise SegmentError(f"corrupt histogram slot ({n} bounds)")
-    doubles = ffi.cast("double *", words + 1)
-    return [doubles[i] for i in range(n)]
+def histogram_value_of_view(slot: memoryview) -> dict:
+    """Histogram.value() of the histogram whose slot is `slot` (Histogram.slot)."""
+    return _histogram_value(ffi.from_buffer("int64_t[]", slot))
 
 
 def _histogram_value(words) -> dict:
-    bounds = _read_bounds(words)
+    bounds = histogram_bounds(words)
     n = len(bounds)
     out = ffi.new("int64_t[]", n + 1)
     ptrs = ffi.new("int64_t *[]", [words + 1 + n + i for i in range(n + 1)])

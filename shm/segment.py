@@ -42,11 +42,12 @@ Lifecycle, including what happens when the runtime restarts:
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from shm._native import ffi, lib
@@ -79,9 +80,10 @@ KIND_NAMES = {
 
 # The C side indexes slots with these; a mismatch would be a build from other sources.
 assert lib.OP_SLOT_WORDS == SLOT_WORDS, "shm/_native was built from another layout"
+HIST_MAX_BOUNDS = lib.OP_HIST_MAX_BOUNDS  # [n, bounds (n), buckets (n + 1), sum] fit a slot
 
 _CLAIM_TIMEOUT_S = 5.0
-# Mappings that handed out slot pointers to metric objects: never unmapped (Segment.pin).
+# Mappings that handed out slot pointers to Records: never unmapped (Segment.pin).
 _PINNED: list[mmap.mmap] = []
 _HAVE_PROC = os.path.exists("/proc/self/stat")
 
@@ -182,6 +184,7 @@ class Segment:
         # segment lives, so each directory entry is read once; entries before
         # _scanned are all cached.
         self._found: dict[str, tuple[int, int]] = {}
+        self._ready: list[tuple[int, str, int]] = []
         self._scanned = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -307,15 +310,13 @@ class Segment:
                 mm.close()
 
     def pin(self) -> None:
-        """Keep this mapping until the process exits. Metric constructors call this.
+        """Keep this mapping until the process exits. Record's constructor calls this.
 
-        The hot paths of Gauge, Histogram, Heartbeat and Record are
-        functools.partial objects over a bare slot pointer (an owning pointer
-        costs ~10 ns more per call), which does not keep the mapping alive:
-        `beat = Heartbeat(seg, "x").beat` may outlive every other reference.
-        (Counter owns an export of its word instead; see counter_word.) A
-        process maps one segment per runtime it serves, so this keeps one
-        mapping per restart.
+        A Record's reads and writes go through a bare slot pointer, which does
+        not keep the mapping alive, and the Record may outlive every other
+        reference to its segment. (Counter, Gauge, Heartbeat and Histogram own
+        an export of their slot instead; see counter_word.) A process maps one
+        segment per runtime it serves, so this keeps one mapping per restart.
         """
         if self._mm is None:
             raise SegmentError(f"{self.path}: segment is closed")
@@ -359,17 +360,53 @@ class Segment:
         """Pointer to the first word of slot `index`'s data."""
         return self._words_or_raise() + self._slot_offset(index) // 8
 
+    def _slot_view(self, index: int, nbytes: int) -> memoryview:
+        offset = self._slot_offset(index)
+        if self._mm is None:
+            raise SegmentError(f"{self.path}: segment is closed")
+        return memoryview(self._mm)[offset:offset + nbytes]
+
     def counter_word(self, name: str) -> memoryview:
         """The word of counter slot `name` (claimed on first use), as a writable view.
 
         shm.metrics.Counter, a native type, calls this when it is made and holds
         an export of the view, which keeps the mapping alive for as long as the
         counter (or a bound `inc`) lives: close() then leaves unmapping to the GC.
+        Gauge, Heartbeat and Histogram do the same through the methods below.
         """
-        index = self.claim(name, COUNTER)
-        offset = self._slot_offset(index)
-        assert self._mm is not None  # claim() raised if closed
-        return memoryview(self._mm)[offset:offset + 8]
+        return self._slot_view(self.claim(name, COUNTER), 8)
+
+    def gauge_word(self, name: str) -> memoryview:
+        """The float64 word of gauge slot `name` (claimed on first use); see counter_word."""
+        return self._slot_view(self.claim(name, GAUGE), 8)
+
+    def heartbeat_word(self, name: str) -> memoryview:
+        """The stamp word of heartbeat slot `name` (claimed on first use); see counter_word."""
+        return self._slot_view(self.claim(name, HEARTBEAT), 8)
+
+    def histogram_slot(self, name: str, bounds: Sequence[float]) -> tuple[memoryview, list]:
+        """(the whole slot as a writable view, its bounds) of histogram `name`.
+
+        A new slot is laid out as [nbounds, bounds...] before it is published; an
+        existing one must hold exactly these bounds. SegmentError says what is
+        wrong otherwise. See counter_word for why a view.
+        """
+        given = bounds
+        try:
+            bounds = [float(b) for b in given]
+        except (TypeError, ValueError):
+            bounds = []
+        if not bounds or len(bounds) > HIST_MAX_BOUNDS or sorted(set(bounds)) != bounds \
+                or any(math.isnan(b) or math.isinf(b) for b in bounds):
+            raise SegmentError(
+                f"histogram {name!r}: bounds must be 1..{HIST_MAX_BOUNDS} finite, "
+                f"strictly increasing numbers, got {given!r:.200}")
+        init = struct.pack(f"<q{len(bounds)}d", len(bounds), *bounds)
+        index = self.claim(name, HISTOGRAM, init)
+        stored = histogram_bounds(self.slot_words(index))
+        if stored != bounds:
+            raise SegmentError(f"histogram {name!r} exists with bounds {stored}, not {bounds}")
+        return self._slot_view(index, SLOT_SIZE), stored
 
     def slot_meta(self, index: int) -> int:
         """The meta word of slot `index`'s directory entry (a record's size in bytes)."""
@@ -405,6 +442,15 @@ class Segment:
             index += 1
             if contiguous:
                 self._scanned = index
+
+    def ready_slots(self) -> list[tuple[int, str, int]]:
+        """(index, name, kind) of every ready slot, like slots(), but reading only the
+        directory entries not seen before (a ready slot never changes): what a
+        scrape walks instead of decoding every name each time. Do not modify it."""
+        self._read_new_entries()
+        if len(self._ready) != len(self._found):
+            self._ready = [(index, name, kind) for name, (index, kind) in self._found.items()]
+        return self._ready
 
     def slots(self) -> Iterator[tuple[int, str, int]]:
         """(index, name, kind) of every ready slot, in directory order."""
@@ -481,3 +527,12 @@ class Segment:
                     raise SegmentError(
                         f"{self.path}: slot {index} stuck being claimed by pid {-state}")
             os.sched_yield()  # a claimer preempted on a busy box needs the CPU, not us
+
+
+def histogram_bounds(words) -> list[float]:
+    """The bounds stored in the histogram slot at `words` (an int64_t pointer)."""
+    n = lib.op_load_i64(words)
+    if not 1 <= n <= HIST_MAX_BOUNDS:
+        raise SegmentError(f"corrupt histogram slot ({n} bounds)")
+    doubles = ffi.cast("double *", words + 1)
+    return [doubles[i] for i in range(n)]

@@ -17,11 +17,16 @@ FIXTURE_AGENTS = ROOT / "tests" / "fixtures" / "agents"
 
 
 def write_config(directory: Path, agents: str, extra: str = "") -> Path:
-    """Write an outpost.toml into `directory` with data/run dirs inside it."""
+    """Write an outpost.toml into `directory` with data/run dirs inside it.
+
+    The console listens on a port of its own (0: the kernel picks one) unless `extra`
+    says otherwise, so runtimes started side by side never contend for the default.
+    """
     path = directory / "outpost.toml"
+    http = "" if "[http]" in extra else '[http]\nlisten = "127.0.0.1:0"\n'
     path.write_text(
         '[runtime]\ndata_dir = "data"\nrun_dir = "run"\nlog_level = "info"\n'
-        'shutdown_timeout_s = 10\n' + extra + "\n" + agents)
+        'shutdown_timeout_s = 10\n' + http + extra + "\n" + agents)
     return path
 
 

@@ -22,6 +22,7 @@ from runtime.control.errors import MethodError
 from runtime.control.protocol import Table
 from runtime.control.server import Peer
 from runtime.store.codec import MAX_RECORD_BYTES
+from tests import runtime_proc
 from tests.runtime_proc import ROOT, agent_block
 
 COUNTER = str(ROOT / "examples" / "agents" / "counter.py") + ":run"
@@ -35,10 +36,7 @@ ROOMS = ["agent.degrade", "agent.release",  # runtime/supervisor/methods.py
 
 
 def write_config(directory: Path, agents: str = AGENTS, extra: str = "") -> Path:
-    path = directory / "outpost.toml"
-    path.write_text('[runtime]\ndata_dir = "data"\nrun_dir = "run"\nshutdown_timeout_s = 10\n'
-                    + extra + "\n" + agents)
-    return path
+    return runtime_proc.write_config(directory, agents, extra)
 
 
 @pytest.fixture

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import struct
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 
 from runtime.store import KeyValueState
+from runtime.store.kvstate import DELETE, INCR, MERGE, SET
 from shm import Counter, Gauge, Heartbeat, Histogram, Record, Segment, SegmentError
 from shm.metrics import RECORD_MAX_BYTES
 
@@ -117,7 +118,8 @@ class CountingState:
     """`ctx.state`: the agent's KeyValueState, counting durable writes in shared memory.
 
     Reads and every other attribute go straight to the state; set/delete/incr/
-    merge bump `<agent>:state_writes` after their durable ack.
+    merge bump `<agent>:state_writes` when they are durable (before they return).
+    Each returns the state's own write coroutine, so counting adds no frame.
     """
 
     def __init__(self, state: KeyValueState, writes: Counter) -> None:
@@ -139,23 +141,21 @@ class CountingState:
     def __len__(self) -> int:
         return len(self._state)
 
-    async def set(self, key: str, value: Any) -> None:
-        await self._state.set(key, value)
-        self._writes.inc()
+    def set(self, key: str, value: Any) -> Awaitable[None]:
+        """Set `key` to `value`; await it: returns once durable."""
+        return self._state.write(SET, key, value, self._writes)
 
-    async def delete(self, key: str) -> None:
-        await self._state.delete(key)
-        self._writes.inc()
+    def delete(self, key: str) -> Awaitable[None]:
+        """Remove `key`; await it: returns once durable."""
+        return self._state.write(DELETE, key, None, self._writes)
 
-    async def incr(self, key: str, by: int | float = 1) -> int | float:
-        value = await self._state.incr(key, by)
-        self._writes.inc()
-        return value
+    def incr(self, key: str, by: int | float = 1) -> Awaitable[int | float]:
+        """Add `by` to the number at `key`; await it for the new value."""
+        return self._state.write(INCR, key, by, self._writes)
 
-    async def merge(self, key: str, fields: Any) -> dict:
-        value = await self._state.merge(key, fields)
-        self._writes.inc()
-        return value
+    def merge(self, key: str, fields: Any) -> Awaitable[dict]:
+        """Shallow-merge `fields` into the map at `key`; await it for the map."""
+        return self._state.write(MERGE, key, fields, self._writes)
 
 
 class AgentContext:

@@ -21,11 +21,14 @@ from typing import Any
 
 import trio
 
+from runtime.agents import wire
 from runtime.agents.context import AgentMetrics, HealthReporter
 from runtime.agents.entry import load_entry
-from runtime.agents.frames import FrameBuffer, encode
 from runtime.agents.mailbox import InboxIteration, Message
 from runtime.store.kvstate import apply_op
+from runtime.wire.errors import ProtocolError
+from runtime.wire.framing import CLOSED, NEED_DATA
+from runtime.wire.pending import Pending
 from shm import Heartbeat, Segment
 
 
@@ -34,43 +37,50 @@ class AgentChannelError(Exception):
 
 
 class _Channel:
-    """Request/response over the socketpair; one reader task dispatches the answers."""
+    """Requests over the socketpair; one reader task hands each reply to its waiter."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, conn: wire.Connection) -> None:
         self._raw = sock
+        self._conn = conn  # the hello was already read through it
         self._stream: trio.SocketStream | None = None
         self._ids = itertools.count(1)
-        self._waiting: dict[int, list] = {}
+        self._replies: Pending[int, wire.Reply] = Pending()
         self._send_lock = trio.Lock()
 
     async def run_reader(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(self._raw))
         task_status.started()
-        frames = FrameBuffer()
-        while True:
-            data = await self._stream.receive_some(65536)
-            if not data:
-                raise AgentChannelError("the runtime closed the agent channel")
-            for frame in frames.feed(data):
-                kind, req, value = frame
-                slot = self._waiting.pop(req, None)
-                if slot is not None:
-                    slot[1] = (kind, value)
-                    slot[0].set()
+        conn, replies = self._conn, self._replies
+        why = "the agent channel is gone"
+        try:
+            while True:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    conn.receive_data(await self._stream.receive_some(65536))
+                elif event is CLOSED:
+                    why = "the runtime closed the agent channel"
+                    raise AgentChannelError(why)
+                else:  # after the hello, the runtime sends only replies
+                    replies.resolve(event.req, event)
+        except ProtocolError as exc:
+            why = f"the runtime broke the agent channel: {exc}"
+            raise AgentChannelError(why) from exc
+        finally:
+            replies.fail_all(lambda: AgentChannelError(why))
 
-    async def send(self, frame: list) -> None:
-        async with self._send_lock:
-            await self._stream.send_all(encode(frame))
+    async def send(self, event: wire.Event) -> None:
+        async with self._send_lock:  # encoded in the lock: frames go out in send order
+            await self._stream.send_all(self._conn.send(event))
 
-    async def call(self, op: str, *args: Any) -> Any:
-        req = next(self._ids)
-        slot = self._waiting[req] = [trio.Event(), None]
-        await self.send([op, req, *args])
-        await slot[0].wait()
-        kind, value = slot[1]
-        if kind == "err":
-            raise AgentChannelError(value)
-        return value
+    async def call(self, request: type[wire.Request], *args: Any) -> Any:
+        """Send `request(req, *args)` with a new id; its reply's value (or AgentChannelError)."""
+        event = request(next(self._ids), *args)
+        with self._replies.expect(event.req) as slot:
+            await self.send(event)
+            reply = await slot.wait()
+        if not reply.ok:
+            raise AgentChannelError(reply.value)
+        return reply.value
 
 
 class RemoteState(Mapping):
@@ -93,7 +103,7 @@ class RemoteState(Mapping):
         return dict(self._data)
 
     async def _write(self, op: str, key: str, arg: Any) -> Any:
-        await self._channel.call("state", op, key, arg)
+        await self._channel.call(wire.StateOp, op, key, arg)
         return apply_op(self._data, [op, key, arg])  # the runtime applied the same op
 
     async def set(self, key: str, value: Any) -> None:
@@ -116,11 +126,11 @@ class RemoteInbox(InboxIteration):
         self._channel = channel
 
     async def receive(self) -> Message:
-        seq, sender, body, key = await self._channel.call("recv")
+        seq, sender, body, key = await self._channel.call(wire.Recv)
         return Message(seq, sender, body, key)
 
     async def ack(self, msg: Message | int) -> None:
-        await self._channel.call("ack", msg if isinstance(msg, int) else msg.seq)
+        await self._channel.call(wire.Ack, msg if isinstance(msg, int) else msg.seq)
 
 
 class ProcessContext:
@@ -147,25 +157,58 @@ class ProcessContext:
     async def _send_ready(self) -> None:
         # A system task must not raise; a broken channel ends the agent elsewhere.
         with contextlib.suppress(Exception):
-            await self._channel.send(["ready", 0, None])
+            await self._channel.send(wire.Ready())
 
     async def send(self, agent: str, msg: Any, key: str | None = None) -> int:
         """Durably put `msg` in `agent`'s inbox; returns its seq."""
-        return await self._channel.call("send", agent, msg, key)
+        return await self._channel.call(wire.Send, agent, msg, key)
 
 
-def _read_hello(sock: socket.socket) -> dict:
-    frames = FrameBuffer()
+def _runtime_says() -> bytes:
+    agent, runtime = wire.Connection(wire.AGENT), wire.Connection(wire.RUNTIME)
+    hello = runtime.send(wire.Hello({"k": 0}))
+    agent.receive_data(hello)
+    agent.next_event()
+    runtime.receive_data(agent.send(wire.StateOp(1, "set", "k", 1)))
+    runtime.next_event()
+    return hello + runtime.send(wire.Reply(1, True, None))
+
+
+_PRIMER = _runtime_says()  # a hello and a reply, as the runtime sends them
+
+
+def idle_connection() -> wire.Connection:
+    """A fresh agent-side Connection, built ahead, with the channel's code run once.
+
+    A spare of the template calls this while it waits for its agent. Being a
+    fork, its every page is copy-on-write, and the first write to each costs
+    a fault (microseconds on a VM): building a Connection and a first pass
+    over the frame path (hello, a state write, its reply, the exit report, on
+    a throwaway one) take those faults now, not on a restart's path.
+    """
+    with contextlib.suppress(Exception):
+        primer = wire.Connection(wire.AGENT)
+        primer.receive_data(_PRIMER)
+        primer.next_event()
+        primer.send(wire.StateOp(1, "set", "k", 1))
+        primer.next_event()
+        primer.send(wire.ExitReport(None))
+    return wire.Connection(wire.AGENT)
+
+
+def _read_hello(sock: socket.socket, conn: wire.Connection) -> dict:
+    """The runtime's hello (sent before the fork: already in the socket buffer)."""
     while True:
-        data = sock.recv(1 << 16)
-        if not data:
+        event = conn.next_event()
+        if event is NEED_DATA:
+            conn.receive_data(sock.recv(1 << 16))
+        elif event is CLOSED:
             raise AgentChannelError("the runtime closed the channel before the hello")
-        got = frames.feed(data)
-        if got:
-            return got[0][2]
+        else:
+            return event.state  # the protocol lets only a Hello come first
 
 
-def _prepare(spec: dict[str, Any], sock: socket.socket,
+def _prepare(spec: dict[str, Any], sock: socket.socket, conn: wire.Connection,
              segment: Segment | None) -> tuple[Any, ProcessContext, _Channel]:
     root = logging.getLogger()
     if not root.handlers:
@@ -174,9 +217,9 @@ def _prepare(spec: dict[str, Any], sock: socket.socket,
     if segment is None:
         segment = Segment.attach(spec["segment"], writable=True)
     main = load_entry(spec["entry"])
-    hello = _read_hello(sock)  # sent before the fork: already in the socket buffer
-    channel = _Channel(sock)
-    return main, ProcessContext(spec["name"], channel, segment, hello["state"]), channel
+    state = _read_hello(sock, conn)
+    channel = _Channel(sock, conn)
+    return main, ProcessContext(spec["name"], channel, segment, state), channel
 
 
 async def _run(main: Any, ctx: ProcessContext, channel: _Channel) -> None:
@@ -193,11 +236,13 @@ def _report(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-def _finish(sock: socket.socket, summary: str | None) -> None:
+def _finish(sock: socket.socket, conn: wire.Connection, summary: str | None) -> None:
+    """Send the exit report: the runtime learns how the agent ended without waiting."""
     try:
+        data = conn.send(wire.ExitReport(summary))  # allowed even after a protocol error
         sock.setblocking(True)
-        sock.sendall(encode(["exit", 0, summary]))
-    except OSError:
+        sock.sendall(data)
+    except (OSError, ProtocolError):
         pass
 
 
@@ -211,16 +256,19 @@ def agent_main(spec: dict[str, Any], channel_fd: int, segment: Segment | None = 
 
 
 async def agent_main_async(spec: dict[str, Any], channel_fd: int,
-                           segment: Segment | None = None) -> int:
-    """`agent_main` inside an already running trio loop (a spare of the template)."""
+                           segment: Segment | None = None,
+                           conn: wire.Connection | None = None) -> int:
+    """`agent_main` inside an already running trio loop (a spare of the template),
+    on `conn` if the spare built it ahead (see idle_connection)."""
     sock = socket.socket(fileno=channel_fd)
+    conn = wire.Connection(wire.AGENT) if conn is None else conn
     summary = None
     try:
-        main, ctx, channel = _prepare(spec, sock, segment)
+        main, ctx, channel = _prepare(spec, sock, conn, segment)
         await _run(main, ctx, channel)
         return 0
     except BaseException as exc:
         summary = _report(exc)
         return 1
     finally:
-        _finish(sock, summary)
+        _finish(sock, conn, summary)

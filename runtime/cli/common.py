@@ -17,8 +17,9 @@ from typing import Any
 
 from runtime.config import ConfigError, load_config
 from runtime.control.client import ControlClient, NotRunningError, RemoteError
-from runtime.control.protocol import ProtocolError
+from runtime.control.protocol import LocalProtocolError, ProtocolError
 from runtime.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_RUNNING, EXIT_USAGE
+from runtime.wire.errors import VALUE_REFUSALS
 from shm import Segment, SegmentError, SegmentNotLiveError
 
 DEFAULT_CONFIG = "outpost.toml"
@@ -146,7 +147,10 @@ def run_command(args: argparse.Namespace) -> int:
                     str(exc))
     except NotRunningError as exc:  # the runtime went away in the middle of a call
         return fail(args, EXIT_NOT_RUNNING, f"outpost: {exc}", "not_running")
-    except ProtocolError as exc:
+    except LocalProtocolError as exc:  # what we were asked to send cannot travel
+        usage = exc.code in VALUE_REFUSALS  # e.g. a value larger than a frame: fix the input
+        return fail(args, EXIT_USAGE if usage else EXIT_FAILED, f"outpost: {exc}", exc.code)
+    except ProtocolError as exc:  # the runtime's answer broke the protocol
         return fail(args, EXIT_FAILED, f"outpost: protocol error: {exc} (is this outpost "
                     "the same version as the runtime?)", exc.code)
     except TimeoutError:

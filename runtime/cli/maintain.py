@@ -19,7 +19,8 @@ from runtime.maintain.progress import Progress
 from runtime.maintain.report import MaintainError
 from runtime.maintain.runner import parse_tasks, run_offline, run_online
 
-HELP = f"""tasks: {', '.join(ALL_TASKS)} (backup and restore take a folder).
+HELP = f"""tasks: {', '.join(ALL_TASKS)}
+(backup and restore take a folder, metrics-textfile a .prom file).
 With no task: {" ".join(ROUTINE)}.
 Exit codes: 0 ok, 1 a task found or hit a problem, 2 usage/config error,
 75 the data dir is locked by another run (never waits)."""
@@ -28,7 +29,7 @@ Exit codes: 0 ok, 1 a task found or hit a problem, 2 usage/config error,
 def add_parsers(sub: Subcommands) -> None:
     """Add maintain (its own --config default: cron names the file)."""
     p = sub.add_parser("maintain", help="maintenance for cron: checkpoint, prune, compact, "
-                       "archive, verify, backup, restore, disk", epilog=HELP,
+                       "archive, verify, backup, restore, disk, metrics-textfile", epilog=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tasks", nargs="*", metavar="TASK", help="tasks to run, in order")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="config file (TOML)")

@@ -8,6 +8,7 @@ import sys
 
 from runtime.cli.common import CliError, Subcommands, attach_segment, client_parser, emit
 from runtime.exitcodes import EXIT_OK, EXIT_USAGE
+from runtime.telemetry import HELP
 from shm import prometheus_text, snapshot
 
 
@@ -29,16 +30,16 @@ def add_parsers(sub: Subcommands) -> None:
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Prometheus text (or a --json snapshot) read from the segment itself, no RPC.
 
-    Only a read-only mapping of the file, so it is cheap and safe from cron,
-    e.g. `outpost metrics > dir/outpost.prom.tmp && mv dir/outpost.prom.tmp
-    dir/outpost.prom` for node_exporter's textfile collector.
+    Only a read-only mapping of the file, so it is cheap and safe from cron; for
+    node_exporter's textfile collector `outpost maintain metrics-textfile PATH` writes
+    the same text atomically. HELP lines are the ones /metrics serves.
     """
     with attach_segment(args) as segment:
         if args.json:
             emit(args, {"metrics": snapshot(segment), "segment": str(segment.path),
                         "runtime_pid": segment.creator_pid}, "")
         else:
-            sys.stdout.write(prometheus_text(segment))
+            sys.stdout.write(prometheus_text(segment, help=HELP))
     return EXIT_OK
 
 

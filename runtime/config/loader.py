@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import socket as _socket
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from runtime.config.autonomy import AUTONOMY_SECTIONS, parse_autonomy
 from runtime.config.schema import (
     SECTIONS,
     TOP_SECTIONS,
@@ -16,7 +18,9 @@ from runtime.config.schema import (
     Config,
     ConfigError,
     GroupSpec,
+    HttpSection,
     MaintainSection,
+    UplinkSection,
     keys_of,
     required_keys,
 )
@@ -50,15 +54,19 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         return ConfigError(f"{path}: {key}: {message}")
 
     for key in raw:
-        if key not in TOP_SECTIONS:
-            raise fail(key, "unknown section; expected one of " + ", ".join(TOP_SECTIONS))
-    rt, store, shm, control, maintain, supervisor, rollouts = (
+        if key not in TOP_SECTIONS and key not in AUTONOMY_SECTIONS:
+            raise fail(key, "unknown section; expected one of "
+                       + ", ".join((*TOP_SECTIONS, *AUTONOMY_SECTIONS)))
+    rt, store, shm, control, maintain, supervisor, http, rollouts = (
         _section(raw, name, cls, fail) for name, cls in SECTIONS.items())
     if store.map_size_max < store.map_size:
         raise fail("store.map_size_max", f"must be >= store.map_size ({store.map_size})")
     agents, groups = _agents_and_groups(raw, path, fail)
+    autonomy = parse_autonomy(raw, path, fail, _check, _tables,
+                              [a.name for a in agents] + [g.name for g in groups])
 
     base = path.parent
+    uplink = _uplink(raw, base, fail) if "uplink" in raw else None
     run_dir = (base / rt.run_dir).resolve()
     socket = run_dir / "outpost.sock"
     if len(os.fsencode(socket)) > _SOCKET_PATH_MAX:
@@ -80,12 +88,69 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         groups=groups,
         supervisor=supervisor,
         maintain=_absolute_paths(maintain, base),
+        uplink=uplink,
+        http=_http(http, base, fail),
+        autonomy=autonomy,
     )
 
 
 def _absolute_paths(maintain: MaintainSection, base: Path) -> MaintainSection:
     return dataclasses.replace(maintain, archive_dir=(base / maintain.archive_dir).resolve(),
                                logs_dir=(base / maintain.logs_dir).resolve())
+
+
+def _uplink(raw: dict, base: Path, fail) -> UplinkSection:
+    """[uplink], with host_id resolved (default: the short hostname), file paths made
+    absolute and the credentials checked for exactly one way to log in."""
+    up = _section(raw, "uplink", UplinkSection, fail)
+    host_id = up.host_id
+    if host_id is None:
+        host_id = _socket.gethostname().split(".", 1)[0]
+        try:
+            keys_of(UplinkSection)["host_id"].convert(host_id)
+        except ValueError:
+            raise fail("uplink.host_id", f"the hostname {host_id!r} is not a NATS subject "
+                       "token; set host_id (letters, digits, '_', '-')") from None
+    ways = [name for name, given in (("creds_file", up.creds_file), ("nkey_file", up.nkey_file),
+                                     ("user", up.user), ("token", up.token)) if given]
+    if len(ways) > 1:
+        raise fail(f"uplink.{ways[1]}", f"give one way to log in, not {' and '.join(ways)}")
+    if (up.user is None) != (up.password is None):
+        raise fail("uplink.password" if up.user else "uplink.user",
+                   "user and password go together")
+
+    def absolute(value: Any) -> Path | None:
+        return None if value is None else (base / value).resolve()
+
+    tls = dataclasses.replace(up.tls, ca_file=absolute(up.tls.ca_file),
+                              cert_file=absolute(up.tls.cert_file),
+                              key_file=absolute(up.tls.key_file))
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise fail("uplink.tls.key_file" if tls.cert_file else "uplink.tls.cert_file",
+                   "cert_file and key_file go together (mutual TLS)")
+    for name in up.send.state_of:
+        if not any(a.get("name") == name for a in raw.get("agents", [])
+                   if isinstance(a, dict)):
+            raise fail("uplink.send.state_of", f"no agent named {name!r}")
+    return dataclasses.replace(up, host_id=host_id, tls=tls, creds_file=absolute(up.creds_file),
+                               nkey_file=absolute(up.nkey_file))
+def _http(http: HttpSection, base: Path, fail) -> HttpSection:
+    """[http] with absolute paths; a listen reachable from other hosts needs a token."""
+    token = None if http.auth_token_file is None else (base / http.auth_token_file).resolve()
+    address = http.address
+    if address.path is not None:
+        path = (base / address.path).resolve()
+        if len(os.fsencode(path)) > _SOCKET_PATH_MAX:
+            raise fail("http.listen", f"too long for a Unix socket path ({path}); use a path "
+                       f"of at most {_SOCKET_PATH_MAX} bytes")
+        http = dataclasses.replace(http, listen=f"unix:{path}")
+    elif http.enabled and token is None and not address.local:
+        raise fail("http.auth_token_file", f"required: listen = {http.listen!r} is reachable "
+                   "from other hosts, so the console needs a token; put a random one in a "
+                   "file only outpost's user can read (e.g. `head -c 32 /dev/urandom | "
+                   "base64 > http.token && chmod 600 http.token`) and set auth_token_file, or "
+                   "listen on loopback ('127.0.0.1:9477') or a Unix socket")
+    return dataclasses.replace(http, auth_token_file=token)
 
 
 def _tables(raw: dict, name: str, fail) -> list[tuple[str, dict]]:
@@ -130,6 +195,9 @@ def _agents_and_groups(raw: dict, path: Path, fail) \
             raise fail(f"{where}.name", f"duplicate agent name {name!r}")
         if name in group_names:
             raise fail(f"{where}.name", f"{name!r} is already a group name")
+        if name == "outpost":  # shm.exposition.RUNTIME_OWNER: the runtime's own slots
+            raise fail(f"{where}.name", "'outpost' is reserved for the runtime's own metrics; "
+                       "choose another agent name")
         wheres[name] = where
         kind = values.get("kind", AgentSpec.kind)
         if kind == "exec":
@@ -295,6 +363,11 @@ def _check(table: dict, cls: type, where: str, fail) -> dict[str, Any]:
         spec = keys.get(name)
         if spec is None:
             raise fail(f"{where}.{name}", "unknown key; expected one of " + ", ".join(keys))
+        if spec.section is not None:  # a nested table, e.g. [uplink.tls]
+            if not isinstance(value, dict):
+                raise fail(f"{where}.{name}", f"expected a table [{where}.{name}]")
+            out[name] = spec.section(**_check(value, spec.section, f"{where}.{name}", fail))
+            continue
         try:
             out[name] = spec.convert(value)
         except (ValueError, TypeError):

@@ -17,7 +17,7 @@ from runtime.control.protocol import (
     Connection,
     ErrorResponse,
     Hello,
-    ProtocolError,
+    RemoteProtocolError,
     Request,
     Response,
     StreamEnd,
@@ -94,7 +94,7 @@ class ControlClient:
             raise RemoteError(event.code, event.message)
         if not isinstance(event, Hello):
             self.close()
-            raise ProtocolError(f"expected hello from the runtime, got {event!r}")
+            raise RemoteProtocolError(f"expected hello from the runtime, got {event!r}")
         self.server = event.server
 
     def _next(self) -> Any:
@@ -123,14 +123,18 @@ class ControlClient:
             raise TimeoutError(f"the runtime took no request within {self.timeout} s") from None
 
     def call(self, method: str, **params: Any) -> Any:
-        """Call `method` and return its result; RemoteError if it failed."""
+        """Call `method` and return its result; RemoteError if it failed.
+
+        LocalProtocolError (code too_large or unencodable) if the params cannot
+        travel; RemoteProtocolError if the runtime's answer breaks the protocol.
+        """
         req_id = next(self._ids)
         self._sendall(self._conn.send(Request(req_id, method, params)))
         event = self._next()
         if isinstance(event, ErrorResponse):
             raise RemoteError(event.code, event.message)
         if not isinstance(event, Response) or event.id != req_id:
-            raise ProtocolError(f"unexpected reply {event!r}")
+            raise RemoteProtocolError(f"unexpected reply {event!r}")
         return event.result
 
     def stream(self, method: str, **params: Any) -> Iterator[Any]:

@@ -26,8 +26,16 @@ maps and cheaper to build and encode (decoding costs about the same); the
 receiving Connection turns it back into the list of maps, so callers never see
 the difference.
 
-A peer that breaks the protocol (oversized or undecodable frame, wrong shape,
-request before hello) gets a ProtocolError; the connection is then done.
+Errors say whose fault they are. A peer that breaks the protocol (oversized
+or undecodable frame, wrong shape, request before hello, an answer to an id
+that is not open) raises RemoteProtocolError from `next_event`; this side
+sending what it may not (a request before hello, a reply to an id that is not
+open) raises LocalProtocolError from `send`. Either latches the connection in
+its ERROR state (runtime.wire.connection): every later `next_event()` or
+`send()` raises again, except the server's id-less refusal, which may always
+be sent so the peer learns why. A value that cannot travel (code too_large or
+unencodable) is refused alone and the connection stays usable, so the server
+can answer that request with an error instead. Both are ProtocolErrors.
 
 Buffers are bounded by construction: the length prefix is checked before the
 body is buffered, and drivers read more only when `next_event` says NEED_DATA,
@@ -36,31 +44,29 @@ so one connection holds at most one frame plus one read.
 
 from __future__ import annotations
 
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from runtime.wire.connection import ERROR, OPEN, FramedConnection
+from runtime.wire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from runtime.wire.framing import CLOSED, NEED_DATA, Decoder, Encoder
+
+__all__ = [
+    "CLIENT", "CLOSED", "ERROR", "MAX_CONTAINER", "MAX_FRAME", "NEED_DATA", "OPEN",
+    "PROTOCOL_VERSION", "SERVER", "TABLE_EXT", "Connection", "ErrorResponse", "Event", "Hello",
+    "LocalProtocolError", "ProtocolError", "RemoteProtocolError", "Request", "Response",
+    "StreamEnd", "StreamItem", "Table",
+]
+
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
 MAX_CONTAINER = 65536  # elements per msgpack array/map: bounds the work one frame causes
 TABLE_EXT = 1  # msgpack ext type of a Table
-_LEN = struct.Struct(">I")
 
 CLIENT, SERVER = "client", "server"
-
-
-class ProtocolError(Exception):
-    """The peer sent something the protocol does not allow; close after reporting.
-
-    `code` is machine-readable (bad_frame, too_large, no_hello, version,
-    bad_request, bad_id) and is what the server sends back before closing.
-    """
-
-    def __init__(self, message: str, code: str = "bad_frame") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -124,112 +130,62 @@ class StreamEnd:
     id: int
 
 
-class _Sentinel:
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-NEED_DATA = _Sentinel("NEED_DATA")
-CLOSED = _Sentinel("CLOSED")
-
 Event = Hello | Request | Response | ErrorResponse | StreamItem | StreamEnd
 
 
-class _Encoder:
-    """Values -> frames (length prefix + msgpack body); Table values become ext type 1.
+def _tables() -> Callable[[Any], msgpack.ExtType]:
+    """The Packer `default` that turns a Table into ext type 1 (with a Packer of its own:
+    a table is packed inside the frame that holds it)."""
+    pack_table = msgpack.Packer(use_bin_type=True).pack
 
-    Keeps its msgpack Packers: msgpack.packb makes a new Packer per call, and each
-    allocates a 256 KiB buffer (a table packed inside a frame, a second one);
-    reusing them took a 10-row status reply from ~19 to ~4 us. One per
-    Connection, which one task or thread drives.
-    """
-
-    def __init__(self, max_frame: int) -> None:
-        self.max_frame = max_frame
-        self._table_packer = msgpack.Packer(use_bin_type=True)
-        self._packer = msgpack.Packer(use_bin_type=True, default=self._table)
-
-    def __call__(self, obj: Any) -> bytes:
-        """ProtocolError if the frame would exceed max_frame or `obj` is not msgpack data."""
-        try:
-            body = self._packer.pack(obj)
-        except (TypeError, ValueError, OverflowError) as exc:  # the Packer resets itself
-            raise ProtocolError(f"cannot encode a frame: {exc}", code="unencodable") from None
-        if len(body) > self.max_frame:
-            raise ProtocolError(f"frame of {len(body)} bytes exceeds the {self.max_frame}-byte "
-                                "limit", code="too_large")
-        return _LEN.pack(len(body)) + body
-
-    def _table(self, obj: Any) -> msgpack.ExtType:
+    def default(obj: Any) -> msgpack.ExtType:
         if isinstance(obj, Table):
-            return msgpack.ExtType(TABLE_EXT, self._table_packer.pack([obj.columns, obj.rows]))
+            return msgpack.ExtType(TABLE_EXT, pack_table([obj.columns, obj.rows]))
         raise TypeError(f"cannot serialize {type(obj).__name__} object")
+    return default
 
 
-def _unpack_limits(max_frame: int, max_ext_len: int) -> dict[str, Any]:
-    return dict(raw=False, strict_map_key=True, max_bin_len=max_frame, max_str_len=max_frame,
-                max_array_len=MAX_CONTAINER, max_map_len=MAX_CONTAINER, max_ext_len=max_ext_len)
+_TABLE_LIMITS = dict(raw=False, strict_map_key=True, max_ext_len=0,  # tables do not nest
+                     max_array_len=MAX_CONTAINER, max_map_len=MAX_CONTAINER)
 
 
-class _Decoder:
-    """msgpack bodies -> values, with the frame's limits; tables become lists of maps."""
-
-    def __init__(self, max_frame: int) -> None:
-        self._frame_limits = _unpack_limits(max_frame, max_frame)
-        self._table_limits = _unpack_limits(max_frame, 0)  # tables do not nest
-
-    def __call__(self, body: bytes) -> Any:
-        try:
-            return msgpack.unpackb(body, ext_hook=self._table, **self._frame_limits)
-        except Exception as exc:
-            raise ProtocolError(f"undecodable msgpack frame: {exc}") from None
-
-    def _table(self, code: int, data: bytes) -> list[dict[str, Any]]:
-        if code != TABLE_EXT:
-            raise ValueError(f"unknown msgpack ext type {code}")
-        table = msgpack.unpackb(data, **self._table_limits)
-        if not (type(table) is list and len(table) == 2 and type(table[0]) is list
-                and type(table[1]) is list and all(type(c) is str for c in table[0])):
-            raise ValueError("a table must be [columns (strings), rows]")
-        columns, rows = table
-        width = len(columns)
-        out = []
-        for row in rows:
-            if type(row) is not list or len(row) != width:
-                raise ValueError(f"every table row must be an array of {width} values")
-            out.append(dict(zip(columns, row, strict=False)))  # width checked just above
-        return out
+def _untable(code: int, data: bytes) -> list[dict[str, Any]]:
+    """A Table's ext data -> the list of maps it stands for (ValueError if malformed)."""
+    if code != TABLE_EXT:
+        raise ValueError(f"unknown msgpack ext type {code}")
+    table = msgpack.unpackb(data, max_bin_len=len(data), max_str_len=len(data), **_TABLE_LIMITS)
+    if not (type(table) is list and len(table) == 2 and type(table[0]) is list
+            and type(table[1]) is list and all(type(c) is str for c in table[0])):
+        raise ValueError("a table must be [columns (strings), rows]")
+    columns, rows = table
+    width = len(columns)
+    out = []
+    for row in rows:
+        if type(row) is not list or len(row) != width:
+            raise ValueError(f"every table row must be an array of {width} values")
+        out.append(dict(zip(columns, row, strict=False)))  # width checked just above
+    return out
 
 
-class Connection:
+class Connection(FramedConnection):
     """One end of a control connection. `role` is CLIENT or SERVER.
 
     Tracks the handshake and the open request ids, so either side's mistakes
     (a reply to an unknown id, a request before hello) surface as errors here
-    rather than as confusion in the driver.
+    rather than as confusion in the driver: the peer's as RemoteProtocolError
+    from `next_event`, ours as LocalProtocolError from `send`.
     """
 
     def __init__(self, role: str, max_frame: int = MAX_FRAME) -> None:
         if role not in (CLIENT, SERVER):
             raise ValueError(f"role must be {CLIENT!r} or {SERVER!r}")
-        self.role = role
-        self.max_frame = max_frame
-        self._encode = _Encoder(max_frame)
-        self._decode = _Decoder(max_frame)
+        super().__init__(role,
+                         Decoder(max_frame, max_container=MAX_CONTAINER, ext_hook=_untable),
+                         Encoder(max_frame, default=_tables()))
         self.handshaken = False
         self._hello_sent = False
-        self._buffer = bytearray()
-        self._eof = False
         self._open: set[int] = set()  # request ids sent (client) / received (server), unanswered
         self._streaming: set[int] = set()  # the subset answered by a stream in progress
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet turned into events."""
-        return len(self._buffer)
 
     @property
     def open_requests(self) -> frozenset[int]:
@@ -238,46 +194,18 @@ class Connection:
 
     # -- input -------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes read from the peer; b"" means the peer closed."""
-        if data:
-            self._buffer += data
-        else:
-            self._eof = True
-
-    def next_event(self) -> Event | _Sentinel:
-        """The next complete event, NEED_DATA, or CLOSED. Raises ProtocolError."""
-        if len(self._buffer) < _LEN.size:
-            return self._end_or_need()
-        (length,) = _LEN.unpack_from(self._buffer)
-        if length > self.max_frame:
-            raise ProtocolError(f"frame of {length} bytes exceeds the {self.max_frame}-byte "
-                                "limit", code="too_large")
-        if len(self._buffer) < _LEN.size + length:
-            return self._end_or_need()
-        body = bytes(self._buffer[_LEN.size: _LEN.size + length])
-        del self._buffer[: _LEN.size + length]
-        return self._interpret(self._decode(body))
-
-    def _end_or_need(self) -> _Sentinel:
-        if self._eof:
-            if self._buffer:
-                raise ProtocolError("connection closed in the middle of a frame")
-            return CLOSED
-        return NEED_DATA
-
     def _interpret(self, msg: Any) -> Event:
         if not isinstance(msg, dict):
-            raise ProtocolError(f"expected a map, got {type(msg).__name__}")
+            raise RemoteProtocolError(f"expected a map, got {type(msg).__name__}")
         if not self.handshaken:
             if self.role == CLIENT and "hello" not in msg and isinstance(msg.get("error"), dict):
                 return _error(None, msg["error"])  # refused before the handshake
             if msg.get("hello") != "outpost" or not isinstance(msg.get("version"), int) \
                     or isinstance(msg.get("version"), bool):
-                raise ProtocolError("expected a hello frame first", code="no_hello")
+                raise RemoteProtocolError("expected a hello frame first", code="no_hello")
             if msg["version"] != PROTOCOL_VERSION:
-                raise ProtocolError(f"protocol version {msg['version']} is not supported "
-                                    f"(this side speaks {PROTOCOL_VERSION})", code="version")
+                raise RemoteProtocolError(f"protocol version {msg['version']} is not supported "
+                                          f"(this side speaks {PROTOCOL_VERSION})", code="version")
             self.handshaken = True
             server = msg.get("server")
             return Hello(msg["version"], server if isinstance(server, str) else None)
@@ -285,20 +213,20 @@ class Connection:
         if not isinstance(msg_id, int) or isinstance(msg_id, bool):
             if self.role == CLIENT and msg_id is None and isinstance(msg.get("error"), dict):
                 return _error(None, msg["error"])
-            raise ProtocolError("frame has no integer id")
+            raise RemoteProtocolError("frame has no integer id")
         if self.role == SERVER:
             method, params = msg.get("method"), msg.get("params", {})
             if not isinstance(method, str) or not method:
-                raise ProtocolError("request has no method name", code="bad_request")
+                raise RemoteProtocolError("request has no method name", code="bad_request")
             if not isinstance(params, dict):
-                raise ProtocolError("request params must be a map", code="bad_request")
+                raise RemoteProtocolError("request params must be a map", code="bad_request")
             if msg_id in self._open:
-                raise ProtocolError(f"request id {msg_id} is already in use", code="bad_id")
+                raise RemoteProtocolError(f"request id {msg_id} is already in use", code="bad_id")
             self._open.add(msg_id)
             return Request(msg_id, method, params)
         if msg_id not in self._open:
-            raise ProtocolError(f"answer for request id {msg_id}, which is not open",
-                                code="bad_id")
+            raise RemoteProtocolError(f"answer for request id {msg_id}, which is not open",
+                                      code="bad_id")
         if "result" in msg:
             return self._closing(Response(msg_id, msg["result"]))
         if isinstance(msg.get("error"), dict):
@@ -308,7 +236,7 @@ class Connection:
             return StreamItem(msg_id, msg["stream"])
         if msg.get("end") is True:
             return self._closing(StreamEnd(msg_id))
-        raise ProtocolError("response has neither result, error, stream nor end")
+        raise RemoteProtocolError("response has neither result, error, stream nor end")
 
     def _closing(self, event: Event) -> Event:
         """`event` ends its request: forget the id."""
@@ -321,10 +249,17 @@ class Connection:
     def send(self, event: Event) -> bytes:
         """Bytes to write for `event`.
 
-        Raises ProtocolError if this side may not send it now: a client sends
-        Hello then Requests; a server answers Hello, then answers open requests.
-        (An id-less ErrorResponse, refusing the connection, a server may always send.)
+        Raises LocalProtocolError if this side may not send it now: a client
+        sends Hello then Requests; a server answers Hello, then answers open
+        requests. (An id-less ErrorResponse, refusing the connection, a server
+        may always send, even in the ERROR state.)
         """
+        return super().send(event)
+
+    def _last_word(self, event: Event) -> bool:
+        return self.role == SERVER and isinstance(event, ErrorResponse) and event.id is None
+
+    def _send(self, event: Event) -> bytes:
         self._check_send(event)
         if isinstance(event, Hello):
             obj: dict[str, Any] = {"hello": "outpost", "version": event.version}
@@ -343,34 +278,36 @@ class Connection:
         else:
             raise TypeError(f"cannot send {event!r}")
         data = self._encode(obj)
-        self._after_send(event)
+        self._sent(event)
         return data
 
     def _check_send(self, event: Event) -> None:
         if isinstance(event, Hello):
             if self._hello_sent:
-                raise ProtocolError("hello was already sent", code="state")
+                raise LocalProtocolError("hello was already sent", code="state")
             if self.role == SERVER and not self.handshaken:
-                raise ProtocolError("the server answers a hello; it cannot go first",
-                                    code="state")
+                raise LocalProtocolError("the server answers a hello; it cannot go first",
+                                         code="state")
             return
         if self.role == CLIENT:
             if not isinstance(event, Request):
-                raise ProtocolError(f"a client sends requests, not {type(event).__name__}",
-                                    code="state")
+                raise LocalProtocolError(f"a client sends requests, not {type(event).__name__}",
+                                         code="state")
             if not self._hello_sent:
-                raise ProtocolError("send hello before any request", code="state")
+                raise LocalProtocolError("send hello before any request", code="state")
             if event.id in self._open:
-                raise ProtocolError(f"request id {event.id} is already in use", code="bad_id")
+                raise LocalProtocolError(f"request id {event.id} is already in use",
+                                         code="bad_id")
             return
         if isinstance(event, Request):
-            raise ProtocolError("a server does not send requests", code="state")
+            raise LocalProtocolError("a server does not send requests", code="state")
         if isinstance(event, ErrorResponse) and event.id is None:
             return
         if event.id not in self._open:  # type: ignore[union-attr]
-            raise ProtocolError(f"request id {event.id} is not open", code="bad_id")  # type: ignore[union-attr]
+            raise LocalProtocolError(f"request id {event.id} is not open",  # type: ignore[union-attr]
+                                     code="bad_id")
 
-    def _after_send(self, event: Event) -> None:
+    def _sent(self, event: Event) -> None:
         if isinstance(event, Hello):
             self._hello_sent = True
         elif isinstance(event, Request):

@@ -35,7 +35,8 @@ from runtime.control.protocol import (
     Connection,
     ErrorResponse,
     Hello,
-    ProtocolError,
+    LocalProtocolError,
+    RemoteProtocolError,
     Request,
     Response,
     StreamEnd,
@@ -228,9 +229,13 @@ class ControlServer:
             return
         try:
             await self._converse(stream, conn, Caller("socket", uid=peer.uid, pid=peer.pid))
-        except ProtocolError as exc:
+        except RemoteProtocolError as exc:  # the client broke the protocol: its loss
             log.info("control: closing connection from %s: %s", peer, exc)
             await self._refuse(stream, conn, exc.code, str(exc))
+        except LocalProtocolError as exc:  # we tried to send what the protocol forbids: a bug
+            log.exception("control: closing connection from %s after our own protocol "
+                          "error", peer)
+            await self._refuse(stream, conn, "internal", f"the runtime broke the protocol: {exc}")
         except trio.TooSlowError:
             log.info("control: closing connection from %s: too slow", peer)
 
@@ -311,7 +316,7 @@ class ControlServer:
                 answer = Response(event.id, result)
             try:
                 reply = conn.send(answer)
-            except ProtocolError as exc:  # e.g. a result larger than a frame
+            except LocalProtocolError as exc:  # e.g. a result larger than a frame
                 reply = conn.send(ErrorResponse(event.id, exc.code, str(exc)))
             sent = _write_now(stream, reply)
             if sent < len(reply):
@@ -357,7 +362,7 @@ class ControlServer:
                     return
                 try:
                     data = conn.send(StreamItem(req_id, item))
-                except ProtocolError as exc:  # an item too large for a frame
+                except LocalProtocolError as exc:  # an item too large for a frame
                     await self._send(stream, conn.send(ErrorResponse(req_id, exc.code,
                                                                      str(exc))), timer)
                     return

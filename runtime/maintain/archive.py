@@ -26,6 +26,7 @@ import msgpack
 import zstandard
 
 from runtime.events import STREAM as EVENTS_STREAM
+from runtime.events import prune_events
 from runtime.maintain.report import TaskResult
 from runtime.store import Store
 
@@ -134,7 +135,7 @@ async def archive_events(store: Store, directory: Path, older_than_days: float,
         if not chunk:
             break
         await trio.to_thread.run_sync(write_archive, directory, chunk)
-        await store.prune(EVENTS_STREAM, chunk[-1][0], uncovered=True)
+        await prune_events(store, chunk[-1][0])  # and their index entries
         archived += len(chunk)
         files += 1
     removed = 0

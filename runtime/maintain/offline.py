@@ -11,14 +11,13 @@ from typing import Any
 
 import trio
 
-from runtime.app import store_options
 from runtime.config import Config
 from runtime.events import EventLog
 from runtime.maintain import copy
 from runtime.maintain.progress import Progress
 from runtime.maintain.report import MaintainError, TaskResult
 from runtime.maintain.tasks import Maintenance, run_task
-from runtime.store import StateBook, open_store
+from runtime.store import StateBook, StoreOptions, open_store
 from runtime.store.lock import DataDirLock
 
 
@@ -40,7 +39,7 @@ async def _run_tasks(config: Config, tasks: list[tuple[str, str | None]],
                 result = await _timed(name, trio.to_thread.run_sync(
                     copy.compact_offline, config.data_dir, progress))
             else:
-                async with open_store(config.data_dir, store_options(config)) as store:
+                async with open_store(config.data_dir, StoreOptions.of(config.store)) as store:
                     events = EventLog(store)
                     m = Maintenance(config, store, StateBook(store), events, online=False,
                                     progress=progress)

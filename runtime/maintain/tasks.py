@@ -22,6 +22,7 @@ from runtime.maintain import copy, disk
 from runtime.maintain.archive import archive_events
 from runtime.maintain.catalog import OFFLINE_ONLY  # noqa: F401 - online.py takes it from here
 from runtime.maintain.report import MaintainError, TaskResult
+from runtime.maintain.textfile import task_metrics_textfile
 from runtime.maintain.verify import STATE_STREAM, Progress, verify
 from runtime.store import StateBook, Store
 
@@ -149,6 +150,7 @@ TASKS: dict[str, Callable[..., Awaitable[TaskResult]]] = {
     "verify": task_verify,
     "backup": task_backup,
     "disk": task_disk,
+    "metrics-textfile": task_metrics_textfile,
 }
 
 

@@ -29,9 +29,10 @@ _CKPT_HEADER = struct.Struct(">4sBQQ32s")
 _local = threading.local()
 
 
-def _packer() -> msgpack.Packer:
-    # One reusable Packer per thread: packb() builds a new one per call, which
-    # costs more than packing a small record.
+def packer() -> msgpack.Packer:
+    """This thread's reusable Packer (packb() builds a new one per call, which costs
+    more than packing a small record). Its errors are raw: pack() turns them into
+    StoreError, so call pack() again for the message when a fast loop fails."""
     packer = getattr(_local, "packer", None)
     if packer is None:
         packer = _local.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
@@ -41,7 +42,7 @@ def _packer() -> msgpack.Packer:
 def pack(value: Any, limit: int = MAX_RECORD_BYTES) -> bytes:
     """msgpack `value`; StoreError if it is not plain data or larger than `limit`."""
     try:
-        data = _packer().pack(value)
+        data = packer().pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise StoreError(f"value cannot be stored as msgpack: {exc}") from None
     if len(data) > limit:
@@ -51,9 +52,9 @@ def pack(value: Any, limit: int = MAX_RECORD_BYTES) -> bytes:
 
 def pack_many(values: Iterable[Any], limit: int = MAX_RECORD_BYTES) -> list[bytes]:
     """pack() for a run of records, in one tight loop (bulk appends)."""
-    packer = _packer().pack
+    pack_one = packer().pack
     try:
-        datas = [packer(v) for v in values]
+        datas = [pack_one(v) for v in values]
     except (TypeError, ValueError, OverflowError) as exc:
         raise StoreError(f"value cannot be stored as msgpack: {exc}") from None
     if datas and max(map(len, datas)) > limit:

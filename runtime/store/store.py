@@ -32,8 +32,8 @@ import os
 import shutil
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from runtime.store.writer import (
     ResizeGate,
     Txn,
     WriteOp,
+    seq_taken,
 )
 
 log = logging.getLogger("outpost.store")
@@ -91,6 +92,13 @@ class StoreOptions:
     max_record_bytes: int = codec.MAX_RECORD_BYTES
     keep_checkpoints: int = 2
 
+    @classmethod
+    def of(cls, settings: Any) -> StoreOptions:
+        """The options `settings` names, by attribute (e.g. the config's [store] section:
+        its other keys, like the checkpoint ones, are not the store's); the rest default."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)
+                      if hasattr(settings, f.name)})
+
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, what: str) -> None:
             if not ok:
@@ -108,7 +116,7 @@ class StoreOptions:
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1 (2 allows fallback)")
 
 
-def _stream_key(stream: str) -> bytes:
+def stream_key(stream: str) -> bytes:
     """The key prefix of `stream` (its UTF-8 name + NUL); StoreError for a bad name."""
     if type(stream) is not str:
         raise StoreError(f"stream name must be a string, got {type(stream).__name__}")
@@ -139,13 +147,6 @@ class _Process:
 
 _process = _Process
 os.register_at_fork(after_in_child=_Process.refresh)
-
-
-def _seq_taken(stream: str, seq: int) -> StoreError:
-    # Counters come from the newest key at open and move only in the writer, so
-    # this means the database changed under the store: refuse rather than overwrite.
-    return StoreError(f"stream {stream!r}: seq {seq} is already stored; the data dir was "
-                      "changed by something other than this store")
 
 
 _current_task = trio.lowlevel.current_task
@@ -189,7 +190,8 @@ class Store:
             self.env, seqs, sync=options.durability == "sync",
             fsync_interval=options.fsync_interval_ms / 1000,
             batch_window=options.batch_window_ms / 1000, max_batch=options.max_batch,
-            map_size_max=options.map_size_max, gate=self._gate)
+            map_size_max=options.map_size_max, append_db=self._wal,
+            max_record_bytes=options.max_record_bytes, gate=self._gate)
         self._closed = False
 
     def _open_env(self, map_size: int) -> None:
@@ -325,7 +327,7 @@ class Store:
                     # Reopen whatever file is in place: the new one, or the old one if
                     # the rename failed.
                     self._open_env(map_size)
-                    writer.rebind(self.env)
+                    writer.rebind(self.env, self._wal)
         except (OSError, lmdb.Error) as exc:
             raise _lmdb_or_os_error(exc, "online compaction") from None
         finally:
@@ -342,9 +344,22 @@ class Store:
 
     async def _submit(self, apply: Callable[[Txn], Any],
                       on_durable: Callable[[Any], None] | None = None) -> Any:
-        self._check_pid()
-        self._writer.submit(WriteOp(apply, on_durable, _current_task()))
-        return await _wait_task_rescheduled(_no_abort)
+        return await self.write(WriteOp(apply, on_durable))
+
+    def write(self, op: WriteOp) -> Awaitable[Any]:
+        """Hand `op` to the writer now; await what this returns, at once, for its result.
+
+        The lowest-level write, for callers that keep their own view of a stream
+        (KeyValueState): no coroutine of its own, so the only frames between an
+        agent and the writer are the caller's. The result arrives after the
+        commit that carries `op` (StoreError if it failed); a cancellation is
+        delivered after that, never instead of it.
+        """
+        if _process.pid != self._pid:
+            self._check_pid()
+        op.task = _current_task()
+        self._writer.submit(op)
+        return _wait_task_rescheduled(_no_abort)
 
     async def append(self, stream: str, record: Any,
                      on_durable: Callable[[int], None] | None = None) -> int:
@@ -354,28 +369,31 @@ class Store:
         can keep an in-memory view that matches the log exactly. Once handed to
         the writer the append cannot be withdrawn: a cancellation is delivered
         after its commit (or failure), so a returned seq is always durable and a
-        raised StoreError always means nothing was stored.
+        raised StoreError always means nothing was stored (also for a record
+        that is not plain data or is over `max_record_bytes`). The record is
+        packed by the writer when its batch is written: do not mutate it until
+        this returns.
         """
-        prefix = _stream_key(stream)
-        data = codec.pack(record, self.options.max_record_bytes)
-
-        def apply(tx: Txn) -> int:
-            seq = tx.next_seq(prefix)
-            # Not append=True: MDB_APPEND compares with the last key of the whole
-            # database (another stream's), and py-lmdb then returns False instead
-            # of raising, which would silently drop the record.
-            if not tx.txn.put(prefix + _SEQ.pack(seq), data, db=self._wal, overwrite=False):
-                raise _seq_taken(stream, seq)
-            return seq
-
-        return await self._submit(apply, on_durable)
+        return await self.write(WriteOp(None, on_durable, stream=stream_key(stream),
+                                        record=record))
 
     async def append_many(self, stream: str, records: Iterable[Any],
-                          on_durable: Callable[[list[int]], None] | None = None) -> list[int]:
+                          on_durable: Callable[[list[int]], None] | None = None,
+                          index: Callable[[int, Any], Iterable[tuple[str, Any]]] | None = None
+                          ) -> list[int]:
         """Append several records in one op (always one transaction: all or none);
-        returns their consecutive seqs once durable."""
-        prefix = _stream_key(stream)
+        returns their consecutive seqs once durable.
+
+        With `index`, what `index(seq, record)` yields for each record, (other stream,
+        record) pairs such as a secondary index naming the seq, is appended in the SAME
+        transaction, so an index never disagrees with its stream, even after a crash.
+        `index` runs in the writer thread with the transaction open: keep it a quick,
+        pure function of its arguments.
+        """
+        prefix = stream_key(stream)
         limit = self.options.max_record_bytes
+        if index is not None:
+            records = list(records)  # read twice: packed now, indexed in the writer
         datas = codec.pack_many(records, limit)
         if not datas:
             return []
@@ -391,7 +409,15 @@ class Store:
             at_end = not cursor.last() or cursor.key() < items[0][0]
             added = cursor.putmulti(items, overwrite=False, append=at_end)[1]
             if added != len(items):
-                raise _seq_taken(stream, first)
+                raise seq_taken(prefix, first)
+            if index is not None:
+                for seq, record in zip(seqs, records, strict=True):
+                    for other, entry in index(seq, record):
+                        key = stream_key(other)
+                        at = tx.next_seq(key)
+                        if not tx.txn.put(key + pack_seq(at), codec.pack(entry, limit),
+                                          db=self._wal, overwrite=False):
+                            raise seq_taken(key, at)
             return list(seqs)
 
         return await self._submit(apply, on_durable)
@@ -406,7 +432,7 @@ class Store:
         Refused (StoreError, nothing written): a seq past the stream's end or not
         newer than its newest checkpoint.
         """
-        prefix = _stream_key(stream)
+        prefix = stream_key(stream)
         if not isinstance(covered_seq, int) or covered_seq < 1:
             raise StoreError(f"checkpoint of {stream!r}: covered_seq must be an int >= 1, "
                              f"got {covered_seq!r}")
@@ -445,7 +471,7 @@ class Store:
         Pruning past the newest checkpoint loses records no checkpoint covers, so
         it is refused unless `uncovered=True` (plain logs without checkpoints).
         """
-        prefix = _stream_key(stream)
+        prefix = stream_key(stream)
 
         def apply(tx: Txn) -> int:
             ckpts = self._seqs_of(tx.txn, self._ckpt, prefix)
@@ -523,7 +549,7 @@ class Store:
         over: keys strictly increase, so m records that start at seq s and whose
         last key is s + m - 1 are exactly s..s+m-1.
         """
-        prefix = _stream_key(stream)
+        prefix = stream_key(stream)
         pack_key = _SEQ.pack
         from_seq = max(1, from_seq)
         with self._reading("wal") as txn:
@@ -594,7 +620,7 @@ class Store:
 
     def _scan(self, stream: str, from_seq: int, fn: Callable[[int, Any], Any],
               check_gaps: bool, limit: int | None = None) -> int:
-        prefix = _stream_key(stream)
+        prefix = stream_key(stream)
         plen = len(prefix)
         klen = plen + 8
         size_limit = self.options.max_record_bytes
@@ -622,7 +648,7 @@ class Store:
 
     def first_seq(self, stream: str) -> int:
         """The oldest seq still in the WAL of `stream` (0 if it has none)."""
-        prefix = _stream_key(stream)
+        prefix = stream_key(stream)
         with self._reading("wal") as txn:
             cursor = txn.cursor()
             if cursor.set_range(prefix):
@@ -633,7 +659,7 @@ class Store:
 
     def last_seq(self, stream: str) -> int:
         """The newest committed sequence number of `stream` (0 if none)."""
-        return self._writer.committed.get(_stream_key(stream), 0)
+        return self._writer.committed.get(stream_key(stream), 0)
 
     def streams(self) -> list[str]:
         """Names of every stream with WAL records or checkpoints."""
@@ -641,7 +667,7 @@ class Store:
 
     def checkpoints(self, stream: str) -> list[tuple[int, bytes]]:
         """(covered seq, blob) of every stored checkpoint of `stream`, oldest first."""
-        prefix = _stream_key(stream)
+        prefix = stream_key(stream)
         with self._reading("ckpt") as txn:
             return [(seq, bytes(txn.get(prefix + _SEQ.pack(seq))))
                     for seq in self._seqs_of(txn, self._ckpt, prefix)]
@@ -658,7 +684,7 @@ class Store:
         quarantine database (its bytes kept as found, with the reason); the next
         older one is tried. Unverified bytes are never returned.
         """
-        prefix = _stream_key(stream)
+        prefix = stream_key(stream)
         with self._reading("ckpt") as txn:
             seqs = self._seqs_of(txn, self._ckpt, prefix)
         for seq in reversed(seqs):
@@ -700,7 +726,7 @@ class Store:
 
     def quarantined_checkpoint(self, stream: str, seq: int) -> tuple[bytes, str] | None:
         """The bytes of a quarantined checkpoint, exactly as found, and why it was moved."""
-        key = _stream_key(stream) + _SEQ.pack(seq)
+        key = stream_key(stream) + _SEQ.pack(seq)
         with self._reading("quarantine") as txn:
             blob = txn.get(key)
             why = txn.get(key, db=self._quarantine_why)

@@ -1,9 +1,10 @@
 """A process agent's channel, the runtime's side: its requests over the socketpair.
 
-Frames (runtime.agents.frames) carry the agent's state ops, sends, receives,
-acks, `ready` and its last words (`exit`, with its exception). State ops are
-applied one at a time in the order they were sent and acknowledged once
-durable; mailbox calls run side by side.
+The channel's protocol is the sans-IO `runtime.agents.wire.Connection` (RUNTIME
+role): this module only moves bytes and acts on its typed events, the agent's state
+ops, sends, receives, acks, `ready` and its last words (its exception). State ops are
+applied one at a time in the order they were sent and acknowledged once durable;
+mailbox calls run side by side.
 
 Back-pressure: at most STATE_OPS_QUEUED state ops wait for the store, and at
 most CALLS_IN_FLIGHT mailbox calls run at once. Beyond that this side stops
@@ -15,6 +16,7 @@ store's pace; nothing here grows without bound and nothing is dropped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -23,11 +25,12 @@ from typing import Any
 
 import trio
 
-from runtime.agents import state_stream
-from runtime.agents.frames import FrameBuffer, FrameError, encode
+from runtime.agents import state_stream, wire
 from runtime.supervisor.metrics import Metrics
 from runtime.supervisor.policy import exc_summary
 from runtime.supervisor.tree import Child
+from runtime.wire.errors import ProtocolError
+from runtime.wire.framing import CLOSED, NEED_DATA
 
 log = logging.getLogger("outpost.supervisor")
 
@@ -46,12 +49,14 @@ class ChannelServer:
         self._emit = emit
         self._mark_ready = mark_ready
 
-    async def serve(self, child: Child, sock: socket.socket, reported: dict,
-                    done: trio.Event, hello_rest: bytes = b"") -> None:
+    async def serve(self, child: Child, sock: socket.socket, conn: wire.Connection,
+                    reported: dict, done: trio.Event, hello_rest: bytes = b"") -> None:
         """A process agent's requests: state ops (in order), sends, receives, acks, ready.
 
-        `reported["exception"]` receives the agent's last words; `done` is set
-        when the channel is finished with. A malformed frame kills the agent.
+        `conn` has sent the hello already (`hello_rest` is what of it did not fit in the
+        socket buffer before the fork). `reported["exception"]` receives the agent's
+        last words; `done` is set when the channel is finished with. A request the
+        protocol does not allow kills the agent.
         """
         name = child.name
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
@@ -64,10 +69,14 @@ class ChannelServer:
             if inbox is not None and received is not None:
                 inbox.on_receive = received.inc
 
-            async def reply(kind: str, req: int, value: Any) -> None:
+            async def reply(req: int, ok: bool, value: Any) -> None:
+                try:
+                    data = conn.send(wire.Reply(req, ok, value))
+                except ProtocolError as exc:  # e.g. a value too large to send back
+                    data = conn.send(wire.Reply(req, False, str(exc)))
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     async with lock:
-                        await stream.send_all(encode([kind, req, value]))
+                        await stream.send_all(data)
 
             if hello_rest:  # what of the hello did not fit in the socket buffer
                 await stream.send_all(hello_rest)
@@ -77,21 +86,21 @@ class ChannelServer:
             async def state_worker() -> None:
                 methods = {"set": state.set, "del": state.delete, "incr": state.incr,
                            "merge": state.merge}
-                async for req, op, key, arg in ops_recv:
+                async for op in ops_recv:
                     try:
-                        method = methods[op]
-                        await (method(key) if op == "del" else method(key, arg))
+                        method = methods[op.op]
+                        await (method(op.key) if op.op == "del" else method(op.key, op.arg))
                         if writes is not None:
                             writes.inc()
-                        await reply("ok", req, None)
+                        await reply(op.req, True, None)
                     except Exception as exc:
-                        await reply("err", req, exc_summary(exc))
+                        await reply(op.req, False, exc_summary(exc))
 
             async def call(req: int, fn: Callable[[], Awaitable[Any]]) -> None:
                 try:
-                    await reply("ok", req, await fn())
+                    await reply(req, True, await fn())
                 except Exception as exc:
-                    await reply("err", req, exc_summary(exc))
+                    await reply(req, False, exc_summary(exc))
                 finally:
                     calls.release()
 
@@ -101,34 +110,38 @@ class ChannelServer:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(state_worker)
-                frames = FrameBuffer()
                 while True:
-                    data = await stream.receive_some(65536)
-                    if not data:
+                    event = conn.next_event()
+                    if event is NEED_DATA:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            break
+                        conn.receive_data(data)
+                        continue
+                    if event is CLOSED:
                         break
-                    for frame in frames.feed(data):
-                        if not isinstance(frame, list) or len(frame) < 2:
-                            raise FrameError("not a request frame")
-                        op, req, *args = frame
-                        if op == "state" and len(args) == 3:
-                            await ops_send.send((req, *args))  # waits while the store is behind
-                        elif op == "ready":
-                            self._mark_ready(child, "ctx.ready()")
-                        elif op == "exit" and len(args) == 1:
-                            reported["exception"] = args[0]
-                        elif op == "send" and len(args) == 3 and self.mailboxes is not None:
-                            to, msg, key = args
-                            await calls.acquire()
-                            nursery.start_soon(call, req, lambda to=to, msg=msg, key=key:
-                                               self.mailboxes.send(to, msg, key=key, sender=name))
-                        elif op == "recv" and inbox is not None:
-                            await calls.acquire()
-                            nursery.start_soon(call, req, receive)
-                        elif op == "ack" and inbox is not None and len(args) == 1:
-                            await calls.acquire()
-                            nursery.start_soon(call, req, lambda seq=args[0]: inbox.ack(seq))
-                        else:
-                            await reply("err", req, f"unknown or malformed request {op!r}")
+                    kind = type(event)
+                    if kind is wire.StateOp:
+                        await ops_send.send(event)  # waits while the store is behind
+                    elif kind is wire.Ready:
+                        self._mark_ready(child, "ctx.ready()")
+                    elif kind is wire.ExitReport:
+                        reported["exception"] = event.summary
+                    elif kind is wire.Send and self.mailboxes is not None:
+                        await calls.acquire()
+                        nursery.start_soon(call, event.req, functools.partial(
+                            self.mailboxes.send, event.to, event.msg, key=event.key,
+                            sender=name))
+                    elif kind is wire.Recv and inbox is not None:
+                        await calls.acquire()
+                        nursery.start_soon(call, event.req, receive)
+                    elif kind is wire.Ack and inbox is not None:
+                        await calls.acquire()
+                        nursery.start_soon(call, event.req, functools.partial(inbox.ack,
+                                                                              event.seq))
+                    else:
+                        await reply(event.req, False, f"{kind.__name__} is not available "
+                                    "to this agent")
                 ops_send.close()
         except Exception as exc:  # possibly wrapped by the nursery
             inner = exc

@@ -24,8 +24,7 @@ from typing import Any
 
 import trio
 
-from runtime.agents import load_entry, state_stream
-from runtime.agents.frames import encode
+from runtime.agents import load_entry, state_stream, wire
 from runtime.config import AgentSpec
 from runtime.supervisor import procs
 from runtime.supervisor.channel import ChannelServer
@@ -257,9 +256,11 @@ class ProcessRunner(_Runner):
             if spec.heartbeat_timeout_s:
                 env["WATCHDOG_USEC"] = str(int(spec.heartbeat_timeout_s * 1e6))
         hello = b""
+        conn = None
         try:
             if mine is not None:  # in the socket buffer before the fork: no round trip
-                hello = encode(["hello", 0, {"state": state.to_dict()}])
+                conn = wire.Connection(wire.RUNTIME)
+                hello = conn.send(wire.Hello(state.to_dict()))
                 mine.setblocking(False)
                 with contextlib.suppress(BlockingIOError):
                     hello = hello[mine.send(hello):]
@@ -303,8 +304,8 @@ class ProcessRunner(_Runner):
                 self.nursery.start_soon(procs.pump_lines, out_r, "stdout", on_line)
                 self.nursery.start_soon(procs.pump_lines, err_r, "stderr", on_line)
                 if mine is not None:
-                    helpers.start_soon(self.channel.serve, child, mine, reported, channel_done,
-                                       hello)
+                    helpers.start_soon(self.channel.serve, child, mine, conn, reported,
+                                       channel_done, hello)
                 else:
                     channel_done.set()
                     helpers.start_soon(self._serve_notify, child, notify, pid)

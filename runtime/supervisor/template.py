@@ -19,10 +19,9 @@ and fds (SCM_RIGHTS); it becomes the next agent (exec or Python) and the
 template forks the next spare once it has been idle for 10 ms. A spare never
 runs agent code before it is given its agent.
 
-Protocol (SOCK_SEQPACKET, one msgpack message per packet, fds by SCM_RIGHTS):
-  runtime -> template  ["spawn", req, spec-dict] + fds   ["signal", pid, signum]
-  template -> runtime  ["spawned", req, pid] | ["spawn-failed", req, why]
-                       ["exit", pid, code, signum]
+What the two say to each other (SOCK_SEQPACKET, one msgpack message per
+packet, fds by SCM_RIGHTS) is runtime.supervisor.template_wire; a malformed
+packet is dropped on either side, never a crash.
 """
 
 from __future__ import annotations
@@ -43,14 +42,29 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import msgpack
 import trio
+
+from runtime.supervisor.template_wire import (
+    MAX_FDS,
+    MAX_PACKET,
+    RUNTIME,
+    TEMPLATE,
+    Exited,
+    Signal,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    TemplateWire,
+)
+from runtime.wire.errors import RemoteProtocolError
+from runtime.wire.framing import CLOSED
+from runtime.wire.pending import Pending
 
 log = logging.getLogger("outpost.template")
 
+_TERMINAL = {signal.SIGINT, signal.SIGTERM}  # the template blocks them; agents take them
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-_MAX_PACKET = 1 << 20
 _SPARE_DELAY_S = 0.01  # idle time after a spawn before the next spare is forked
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -127,8 +141,9 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
     die_with_parent(runtime_pid)
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     # Terminal signals are for the runtime; the template ends when the runtime does.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Blocked, not ignored: a child inherits the mask, so a signal sent to an agent
+    # forked a moment ago, before it has isolated, stays pending instead of lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINAL)
     _warm_up()
     segments: dict[str, Any] = {}  # attached once here, inherited by every agent
     wake_r, wake_w = os.pipe()
@@ -137,6 +152,7 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     me = os.getpid()
+    wire = TemplateWire(TEMPLATE)  # built once here, inherited by every spare
     agents: set[int] = set()
     # A spare: forked and isolated ahead of time, blocked until it is given an agent,
     # so a restart does not wait for a fork (the next spare is forked after replying).
@@ -152,13 +168,14 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
             return
         if pid == 0:
             mine.close()
-            _spare_main(theirs, me, [sock.fileno(), wake_r, wake_w], segments)
+            _spare_main(theirs, me, [sock.fileno(), wake_r, wake_w], segments, wire)
         theirs.close()
         spare[:] = [pid, mine]
+        _prime(wire)
 
-    def send(msg: list) -> None:
+    def send(event: Spawned | SpawnFailed | Exited) -> None:
         with contextlib.suppress(OSError):
-            sock.send(msgpack.packb(msg, use_bin_type=True))
+            sock.send(wire.send(event))
 
     def reap() -> None:
         while True:
@@ -175,7 +192,7 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
                 agents.discard(pid)
                 code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
                 signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-                send(["exit", pid, code, signum])
+                send(Exited(pid, code, signum))
 
     spare_due: float | None = None
     while True:
@@ -196,26 +213,25 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
         if sock not in readable:
             continue
         try:
-            data, fds, _, _ = socket.recv_fds(sock, _MAX_PACKET, 8)
+            data, fds, _, _ = socket.recv_fds(sock, MAX_PACKET, MAX_FDS)
         except InterruptedError:
             continue
-        if not data:  # the runtime is gone or done: take every agent with us
+        try:
+            event = wire.receive_packet(data)
+        except RemoteProtocolError as exc:  # only a bug of the runtime's could send one
+            for fd in fds:
+                os.close(fd)
+            log.warning("template: dropped a malformed packet: %s", exc)
+            continue
+        if event is CLOSED:  # the runtime is gone or done: take every agent with us
             for pid in agents:
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
+                _signal_agent(pid, signal.SIGKILL)
             if spare:
                 with contextlib.suppress(OSError):
                     os.kill(spare[0], signal.SIGKILL)
             return 0
-        try:
-            msg = msgpack.unpackb(data, raw=False)
-            op = msg[0]
-        except Exception:
-            for fd in fds:
-                os.close(fd)
-            continue
-        if op == "spawn":
-            _, req, spec = msg
+        if isinstance(event, Spawn):
+            req, spec = event.req, event.spec
             new_segment = spec.get("segment") and spec["segment"] not in segments
             if new_segment:
                 segments[spec["segment"]] = _attach(spec["segment"])
@@ -223,8 +239,8 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
             if spare and not new_segment:  # (a spare forked before the attach lacks it)
                 pid, channel = spare
                 spare.clear()
-                try:
-                    socket.send_fds(channel, [msgpack.packb(spec, use_bin_type=True)], fds)
+                try:  # the spawn packet as it came: the spare reads it as we did
+                    socket.send_fds(channel, [data], fds)
                 except OSError:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
@@ -234,7 +250,7 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
                 try:
                     pid = os.fork()
                 except OSError as exc:
-                    send(["spawn-failed", req, f"fork failed: {exc}"])
+                    send(SpawnFailed(req, f"fork failed: {exc}"))
                     pid = -1
                 if pid == 0:
                     spec["_segment"] = segments.get(spec.get("segment"))
@@ -243,16 +259,32 @@ def _template_main(sock: socket.socket, runtime_pid: int) -> int:
                 os.close(fd)
             if pid > 0:
                 agents.add(pid)
-                send(["spawned", req, pid])
+                send(Spawned(req, pid))
             # The next spare is forked once the new agent had its moment (idle CPU).
             spare_due = time.monotonic() + _SPARE_DELAY_S
-        elif op == "signal":
-            _, pid, signum = msg
+        else:
             for fd in fds:
                 os.close(fd)
-            if pid in agents:  # never signal a pid we have already reaped (it may be reused)
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signum)
+            if event.pid in agents:  # never signal a pid we have reaped (it may be reused)
+                _signal_agent(event.pid, event.signum)
+
+
+_PRIMER = TemplateWire(RUNTIME).send(Spawn(0, {"kind": "exec", "name": "", "cwd": None,
+                                                 "env": {}, "argv": [""]}))
+
+
+def _prime(wire: TemplateWire) -> None:
+    """Run the packet path once, idle, right after forking a spare.
+
+    The fork made every page of ours copy-on-write again, and the first write
+    to each costs a fault (microseconds on a VM). Decoding and encoding a
+    canned spawn now takes those faults for the pages the next spawn touches
+    (objects, allocator pools, the Packer's buffer) off a restart's path.
+    """
+    with contextlib.suppress(Exception):
+        event = wire.receive_packet(_PRIMER)
+        wire.send(Spawned(event.req, 1))
+        wire.send(Exited(1, 0, None))
 
 
 def _attach(path: str) -> Any:
@@ -292,9 +324,22 @@ def _isolate(template_pid: int, close: list[int]) -> None:
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _TERMINAL)  # what was sent early lands now
     for fd in close:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _signal_agent(pid: int, signum: int) -> None:
+    """`signum` to agent `pid`'s process group, or to the agent alone if it has not made
+    its group yet (forked a moment ago: the signal waits, blocked, until it isolates)."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+    except OSError:
+        pass
 
 
 def _wire(spec: dict[str, Any], fds: list[int]) -> None:
@@ -329,19 +374,22 @@ def _become(spec: dict[str, Any], fds: list[int]) -> int:
     return agent_main(spec, fds[2], spec.pop("_segment", None))
 
 
-async def _spare_wait(channel: socket.socket, segments: dict[str, Any]) -> int:
+async def _spare_wait(channel: socket.socket, segments: dict[str, Any],
+                      wire: TemplateWire) -> int:
+    from runtime.agents.process import agent_main_async, idle_connection
+    conn = idle_connection()  # built while idle: not on the restart's path
     await trio.lowlevel.wait_readable(channel.fileno())
-    data, fds, _, _ = socket.recv_fds(channel, _MAX_PACKET, 8)
+    data, fds, _, _ = socket.recv_fds(channel, MAX_PACKET, MAX_FDS)
     channel.close()
-    if not data:  # the template is gone or done
+    event = wire.receive_packet(data)
+    if event is CLOSED:  # the template is gone or done
         return 0
-    spec = msgpack.unpackb(data, raw=False)
+    spec = event.spec
     if spec["kind"] == "exec":
         return _become(spec, fds)
     _wire(spec, fds)
     os.environ.update(spec.get("env", {}))
-    from runtime.agents.process import agent_main_async
-    code = await agent_main_async(spec, fds[2], segments.get(spec.get("segment")))
+    code = await agent_main_async(spec, fds[2], segments.get(spec.get("segment")), conn)
     # The agent is done and has said so: exit now rather than after trio's teardown
     # (the supervisor restarts it once this process is gone).
     _leave(code)
@@ -378,7 +426,7 @@ def _agent_child(spec: dict[str, Any], fds: list[int], template_pid: int,
 
 
 def _spare_main(channel: socket.socket, template_pid: int, close: list[int],
-                segments: dict[str, Any]) -> None:
+                segments: dict[str, Any], wire: TemplateWire) -> None:
     """A spare: isolated now, waits for its agent's spec and fds, then becomes it.
 
     It waits inside trio.run, so a Python agent starts in a loop that is already
@@ -386,7 +434,7 @@ def _spare_main(channel: socket.socket, template_pid: int, close: list[int],
     """
     def work() -> int:
         _isolate(template_pid, close)
-        return trio.run(_spare_wait, channel, segments)
+        return trio.run(_spare_wait, channel, segments, wire)
     _run_child(work)
 
 
@@ -397,87 +445,88 @@ class TemplateGone(Exception):
     """The template process exited: no process or exec agent can be started."""
 
 
+def _gone() -> TemplateGone:
+    return TemplateGone("the template process is gone")
+
+
 class TemplateClient:
     """Async access to the template from the runtime's trio loop.
 
     `run()` reads the template's reports; `spawn()` asks for a new agent
     process and returns its pid; `wait_exit(pid)` returns (code, signal) once
     the template has reaped it; `signal(pid, signum)` signals its process group
-    (only while it is unreaped, so a recycled pid is never hit).
+    (only while it is unreaped, so a recycled pid is never hit). When the
+    template dies (or `run` ends), every waiter wakes: a spawn with
+    TemplateGone, an exit with (None, SIGKILL), since its agents died with it.
     """
 
     def __init__(self, template: Template) -> None:
         self.template = template
         self.sock = trio.socket.from_stdlib_socket(template.sock)
+        self._wire = TemplateWire(RUNTIME)
         self._req = 0
-        self._spawns: dict[int, list] = {}
-        self._exits: dict[int, tuple[int | None, int | None]] = {}
-        self._exit_waiters: dict[int, trio.Event] = {}
+        self._spawns: Pending[int, Spawned | SpawnFailed] = Pending()
+        self._exits: dict[int, tuple[int | None, int | None]] = {}  # reported, not yet awaited
+        self._exit_waiters: Pending[int, tuple[int | None, int | None]] = Pending()
         self._forgotten: set[int] = set()
         self._send_lock = trio.Lock()
         self.gone = False
 
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        data = None
+        closed = False
         try:
             while True:
-                data = await self.sock.recv(_MAX_PACKET)
-                if not data:
+                data = await self.sock.recv(MAX_PACKET)
+                try:
+                    event = self._wire.receive_packet(data)
+                except RemoteProtocolError as exc:  # dropped: the next packet is whole
+                    log.error("template: dropped a malformed report: %s", exc)
+                    continue
+                if event is CLOSED:
+                    closed = True
                     break
-                msg = msgpack.unpackb(data, raw=False)
-                if msg[0] == "exit":
-                    _, pid, code, signum = msg
+                if isinstance(event, Exited):
+                    pid = event.pid
                     if pid in self._forgotten:
                         self._forgotten.discard(pid)
-                        continue
-                    self._exits[pid] = (code, signum)
-                    waiter = self._exit_waiters.pop(pid, None)
-                    if waiter is not None:
-                        waiter.set()
-                elif msg[0] in ("spawned", "spawn-failed"):
-                    slot = self._spawns.pop(msg[1], None)
-                    if slot is not None:
-                        slot[1] = msg
-                        slot[0].set()
+                    elif not self._exit_waiters.resolve(pid, (event.code, event.signum)):
+                        self._exits[pid] = (event.code, event.signum)
+                else:
+                    self._spawns.resolve(event.req, event)
         finally:
             self.gone = True
-            for slot in self._spawns.values():
-                slot[0].set()
-            for waiter in self._exit_waiters.values():
-                waiter.set()
-            if data == b"":
+            self._spawns.fail_all(_gone)
+            self._exit_waiters.fail_all(_gone)
+            if closed:
                 log.error("the template process exited; process and exec agents cannot start")
 
-    async def _send(self, msg: list, fds: list[int] = ()) -> None:
-        data = msgpack.packb(msg, use_bin_type=True)
+    async def _send(self, event: Spawn | Signal, fds: list[int] = ()) -> None:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        async with self._send_lock:
-            await self.sock.sendmsg([data], ancillary)
+        async with self._send_lock:  # encoded in the lock: packets go out in send order
+            await self.sock.sendmsg([self._wire.send(event)], ancillary)
 
     async def spawn(self, spec: dict[str, Any], fds: list[int]) -> int:
         """Fork an agent described by `spec` with `fds` (stdout, stderr[, channel]); its pid."""
-        if self.gone:
-            raise TemplateGone("the template process is gone")
         self._req += 1
         req = self._req
-        slot = self._spawns[req] = [trio.Event(), None]
-        await self._send(["spawn", req, spec], fds)
-        await slot[0].wait()
-        if slot[1] is None:
-            raise TemplateGone("the template process is gone")
-        if slot[1][0] == "spawn-failed":
-            raise OSError(slot[1][2])
-        return slot[1][2]
+        with self._spawns.expect(req) as slot:  # TemplateGone if the template is gone
+            await self._send(Spawn(req, spec), fds)
+            answer = await slot.wait()
+        if isinstance(answer, SpawnFailed):
+            raise OSError(answer.why)
+        return answer.pid
 
     async def wait_exit(self, pid: int) -> tuple[int | None, int | None]:
         """(exit code, signal) of `pid` once reaped."""
-        while pid not in self._exits:
-            if self.gone:
-                return None, signal.SIGKILL  # died with the template
-            event = self._exit_waiters.setdefault(pid, trio.Event())
-            await event.wait()
-        return self._exits.pop(pid)
+        exit = self._exits.pop(pid, None)
+        if exit is not None:
+            return exit
+        try:
+            with self._exit_waiters.expect(pid) as slot:
+                return await slot.wait()
+        except TemplateGone:
+            return None, signal.SIGKILL  # died with the template
 
     def forget(self, pid: int) -> None:
         """Nobody will wait for `pid`'s exit report: drop it (now or when it comes)."""
@@ -486,6 +535,6 @@ class TemplateClient:
 
     async def signal(self, pid: int, signum: int) -> None:
         """Send `signum` to the process group of agent `pid` (ignored once it was reaped)."""
-        if not self.gone:
+        if not self.gone and self._wire.alive(pid):
             with contextlib.suppress(OSError):
-                await self._send(["signal", pid, int(signum)])
+                await self._send(Signal(pid, int(signum)))

@@ -1,6 +1,7 @@
-"""Shared-memory metrics benchmark: our Counter.inc next to the alternatives, in ONE run.
+"""Shared-memory metrics benchmark: our metric types next to the alternatives, in ONE run.
 
-    .venv/bin/python scripts/bench/shm.py [--json] [--n 1000000] [--repeat 7] [--procs 4]
+    .venv/bin/python scripts/bench/shm.py [--json] [--quick] [--n 1000000] [--repeat 7]
+                                          [--procs 4]
 
 Every case runs the same loop shape, `for _ in range(n): <op>`, `repeat` times with
 the GC off; figures are the median ns per iteration (the min is reported too).
@@ -12,18 +13,23 @@ disturbed figures) for comparison.
 Cases: the bare loop; Counter.inc as agents write it (`c.inc()`: a method of
 the native Counter type) and bound to a local (`inc()`); the same atomic add as a
 cffi call, bare (`lib.op_inc_i64(p)`) and in the shape the other metric types
-use and Counter used before it was a type (`functools.partial` over the pointer
-on a __slots__ instance, called as `o.f()`); Counter.add; a C-level loop through
-the extension (one atomic add per iteration, no Python); mp.Value with its
-lock; prometheus_client Counter.inc in single-process mode and, in a child
-process with PROMETHEUS_MULTIPROC_DIR set, multiprocess mode; Heartbeat.beat;
-Record read and write; Gauge.set; Histogram.observe. Then `--procs` processes
-increment one counter a million times each and the total is checked exactly.
+Counter, Gauge, Heartbeat and Histogram used before they were types
+(`functools.partial` over the pointer on a __slots__ instance, called as `o.f()`);
+Counter.add; C-level loops through the extension (one atomic add, or one beat,
+per iteration, no Python: the floors); mp.Value with its lock; prometheus_client
+Counter.inc in single-process mode and, in a child process with
+PROMETHEUS_MULTIPROC_DIR set, multiprocess mode; Heartbeat.beat; Record read and
+write; Gauge.set and Gauge.add; Histogram.observe. Then `--procs` processes each
+do a million Counter.inc, Gauge.add(0.5) and Histogram.observe(0.25) on shared
+slots and the totals are checked exactly (0.5 and 0.25 steps are exact in binary,
+so any lost CAS shows). `--quick` is a smoke run (small n, 3 rounds, 100k per
+process).
 
 prometheus_client is not a project dependency: if it is missing, this script
 installs it into the running venv with pip and says so on stderr.
-Targets (issue 4): inc <= 2.5x the bare loop, >= 5x faster than mp.Value+lock,
->= 3x faster than prometheus_client (both modes), zero lost updates.
+Targets (issues 4 and 20): inc, Gauge.set, Gauge.add, Heartbeat.beat and
+Histogram.observe each <= 2.5x the bare loop, inc >= 5x faster than mp.Value+lock
+and >= 3x faster than prometheus_client (both modes), zero lost updates.
 """
 
 from __future__ import annotations
@@ -47,13 +53,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from shm._native import lib  # noqa: E402
+from shm._native import ffi, lib  # noqa: E402
 
 from shm import Counter, Gauge, Heartbeat, Histogram, Record, Segment  # noqa: E402
 from shm.metrics import word_pointer  # noqa: E402
 
 TARGETS = {  # ratio name -> (comparison, bound)
     "counter_inc_over_bare_loop": ("<=", 2.5),
+    "gauge_set_over_bare_loop": ("<=", 2.5),
+    "gauge_add_over_bare_loop": ("<=", 2.5),
+    "heartbeat_beat_over_bare_loop": ("<=", 2.5),
+    "histogram_observe_over_bare_loop": ("<=", 2.5),
     "mp_value_lock_over_counter_inc": (">=", 5.0),
     "prometheus_single_over_counter_inc": (">=", 3.0),
     "prometheus_multiprocess_over_counter_inc": (">=", 3.0),
@@ -163,6 +173,9 @@ def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
     def c_loop_floor(n: int) -> None:
         lib.op_add_i64_repeat(ptr, 1, n)
 
+    def c_beat_floor(n: int, p: object = ffi.from_buffer("int64_t[]", hb.word)) -> None:
+        lib.op_beat_repeat(p, n)  # clock_gettime + store, no Python: what bounds a beat
+
     def heartbeat_beat(n: int, hb: Heartbeat = hb) -> None:
         for _ in range(n):
             hb.beat()
@@ -179,14 +192,18 @@ def our_cases(seg: Segment) -> dict[str, Callable[[int], object]]:
         for _ in range(n):
             g.set(1.5)
 
+    def gauge_add(n: int, g: Gauge = g) -> None:
+        for _ in range(n):
+            g.add(1.5)
+
     def histogram_observe(n: int, h: Histogram = h) -> None:
         for _ in range(n):
             h.observe(0.05)
 
     return {f.__name__: f for f in (
         bare_loop, counter_inc, counter_inc_bound, cffi_inc, cffi_inc_partial_attr,
-        counter_add, c_loop_floor,
-        heartbeat_beat, record_read, record_write, gauge_set, histogram_observe)}
+        counter_add, c_loop_floor, c_beat_floor,
+        heartbeat_beat, record_read, record_write, gauge_set, gauge_add, histogram_observe)}
 
 
 def mp_value_case() -> Callable[[int], object]:
@@ -234,19 +251,29 @@ def prometheus_multiprocess(n: int, repeat: int) -> tuple[list[float], str]:
 # -- lost updates across processes --------------------------------------------------
 
 
-def _inc_worker(path: str, n: int, barrier: object) -> None:
-    inc = Counter(Segment.attach(path, writable=True), "bench:shared").inc
+def _worker(path: str, n: int, barrier: object) -> None:
+    seg = Segment.attach(path, writable=True)
+    inc = Counter(seg, "bench:shared").inc
+    add = Gauge(seg, "bench:shared_gauge").add
+    observe = Histogram(seg, "bench:shared_hist", SHARED_BOUNDS).observe
     barrier.wait()
     for _ in range(n):
         inc()
+        add(0.5)  # exact in binary: a lost CAS shows in the total
+        observe(0.25)
+
+
+SHARED_BOUNDS = [0.1, 1.0]
 
 
 def lost_updates(seg: Segment, procs: int, n: int) -> dict:
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(procs + 1)
     shared = Counter(seg, "bench:shared")
-    before = shared.value()
-    workers = [ctx.Process(target=_inc_worker, args=(str(seg.path), n, barrier))
+    gauge = Gauge(seg, "bench:shared_gauge")
+    hist = Histogram(seg, "bench:shared_hist", SHARED_BOUNDS)
+    before = (shared.value(), gauge.value(), hist.value())
+    workers = [ctx.Process(target=_worker, args=(str(seg.path), n, barrier))
                for _ in range(procs)]
     for w in workers:
         w.start()
@@ -257,10 +284,20 @@ def lost_updates(seg: Segment, procs: int, n: int) -> dict:
     wall = time.perf_counter_ns() - t0
     if any(w.exitcode != 0 for w in workers):
         raise SystemExit(f"bench: a worker failed: {[w.exitcode for w in workers]}")
-    got = shared.value() - before
-    return {"processes": procs, "increments_per_process": n, "expected_total": procs * n,
-            "counted_total": got, "lost_updates": procs * n - got,
-            "wall_ns_per_increment_all_processes": wall / (procs * n)}
+    expected = procs * n
+    counted = shared.value() - before[0]
+    gauge_steps = (gauge.value() - before[1]) / 0.5
+    after = hist.value()
+    hist_count = after["count"] - before[2]["count"]
+    hist_sum_steps = (after["sum"] - before[2]["sum"]) / 0.25
+    return {"processes": procs, "iterations_per_process": n, "expected_total": expected,
+            "counter_counted": counted, "gauge_add_counted": gauge_steps,
+            "histogram_count": hist_count, "histogram_sum_counted": hist_sum_steps,
+            "lost_updates": {"counter_inc": expected - counted,
+                             "gauge_add": expected - gauge_steps,
+                             "histogram_observe_count": expected - hist_count,
+                             "histogram_observe_sum": expected - hist_sum_steps},
+            "wall_ns_per_iteration_all_processes": wall / expected}
 
 
 # -- report -----------------------------------------------------------------------
@@ -290,6 +327,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1_000_000, help="iterations per repetition")
     ap.add_argument("--repeat", type=int, default=7, help="repetitions per case (median)")
     ap.add_argument("--procs", type=int, default=4, help="processes for the lost-update check")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: n=100000, 3 rounds, 100000 iterations per process")
     ap.add_argument("--child-prometheus-multiprocess", action="store_true",
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -297,6 +336,9 @@ def main() -> int:
         prometheus_multiprocess_child(args.n, args.repeat)
         return 0
 
+    per_process = 1_000_000
+    if args.quick:
+        args.n, args.repeat, per_process = 100_000, 3, 100_000
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # single-process mode in this process
     prom_version = ensure_prometheus_client()
     load_before = os.getloadavg()
@@ -307,9 +349,12 @@ def main() -> int:
         cases["mp_value_lock"] = mp_value_case()
         cases["prometheus_single"] = prometheus_case()
         samples = timed_rounds(cases, args.n, args.repeat)
+        # What a Python loop of beats would cost if the method call were free.
+        samples["c_beat_floor_plus_bare_loop"] = [
+            a + b for a, b in zip(samples["c_beat_floor"], samples["bare_loop"], strict=True)]
         samples["prometheus_multiprocess"], prom_mp_class = \
             prometheus_multiprocess(args.n, args.repeat)
-        lost = lost_updates(seg, args.procs, 1_000_000)
+        lost = lost_updates(seg, args.procs, per_process)
         seg.close()
     load_after = os.getloadavg()
 
@@ -317,6 +362,12 @@ def main() -> int:
     pairs = {  # ratio name -> (numerator case, denominator case)
         "counter_inc_over_bare_loop": ("counter_inc", "bare_loop"),
         "counter_inc_bound_over_bare_loop": ("counter_inc_bound", "bare_loop"),
+        "gauge_set_over_bare_loop": ("gauge_set", "bare_loop"),
+        "gauge_add_over_bare_loop": ("gauge_add", "bare_loop"),
+        "heartbeat_beat_over_bare_loop": ("heartbeat_beat", "bare_loop"),
+        "c_beat_floor_plus_bare_loop_over_bare_loop": ("c_beat_floor_plus_bare_loop",
+                                                       "bare_loop"),
+        "histogram_observe_over_bare_loop": ("histogram_observe", "bare_loop"),
         "cffi_inc_over_bare_loop": ("cffi_inc", "bare_loop"),
         "cffi_inc_partial_attr_over_bare_loop": ("cffi_inc_partial_attr", "bare_loop"),
         "cffi_inc_partial_attr_over_counter_inc": ("cffi_inc_partial_attr", "counter_inc"),
@@ -333,8 +384,8 @@ def main() -> int:
         value = ratios[name]
         targets[name] = {"target": f"{op} {bound}", "value": value,
                          "met": value <= bound if op == "<=" else value >= bound}
-    targets["lost_updates"] = {"target": "== 0", "value": lost["lost_updates"],
-                               "met": lost["lost_updates"] == 0}
+    lost_total = sum(lost["lost_updates"].values())
+    targets["lost_updates"] = {"target": "== 0", "value": lost_total, "met": lost_total == 0}
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -348,7 +399,9 @@ def main() -> int:
         "median_ns_per_iteration": med,
         "min_ns_per_iteration": {k: min(v) for k, v in samples.items()},
         "net_ns_per_op_over_bare_loop": {k: v - med["bare_loop"] for k, v in med.items()
-                                         if k not in ("bare_loop", "c_loop_floor")},
+                                         if k not in ("bare_loop", "c_loop_floor",
+                                                      "c_beat_floor",
+                                                      "c_beat_floor_plus_bare_loop")},
         "ratios": ratios,
         "ratios_of_min": ratios_of_min,
         "targets": targets,
@@ -370,8 +423,8 @@ def main() -> int:
     for name, t in targets.items():
         print(f"target {name}: {t['target']}, got {t['value']:.2f}: "
               f"{'met' if t['met'] else 'MISSED'}")
-    print(f"lost updates: {lost['counted_total']} of {lost['expected_total']} counted "
-          f"({lost['processes']} processes)")
+    print(f"lost updates ({lost['processes']} processes x {lost['iterations_per_process']}): "
+          + ", ".join(f"{k} {v:g}" for k, v in lost["lost_updates"].items()))
     return 0
 
 

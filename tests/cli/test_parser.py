@@ -15,7 +15,7 @@ from runtime.cli.common import CliError, run_command
 from runtime.cli.main import build_parser
 from runtime.config import ConfigError
 from runtime.control.client import NotRunningError, RemoteError
-from runtime.control.protocol import ProtocolError
+from runtime.control.protocol import LocalProtocolError, ProtocolError, RemoteProtocolError
 from runtime.exitcodes import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -76,6 +76,10 @@ def failing(exc: BaseException, *, json_out: bool = True) -> argparse.Namespace:
     (RemoteError("no_agent", "no agent named 'x'"), EXIT_FAILED, "no_agent"),
     (NotRunningError("the runtime went away"), EXIT_NOT_RUNNING, "not_running"),
     (ProtocolError("short frame", "bad_frame"), EXIT_FAILED, "bad_frame"),
+    (RemoteProtocolError("short frame", "bad_frame"), EXIT_FAILED, "bad_frame"),
+    (LocalProtocolError("a value of 5 MiB exceeds the frame", "too_large"), EXIT_USAGE,
+     "too_large"),
+    (LocalProtocolError("hello was already sent", "state"), EXIT_FAILED, "state"),
     (TimeoutError(), EXIT_FAILED, "timeout"),
 ], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v))
 def test_each_failure_has_its_exit_code_and_json_error(exc: BaseException, code: int,

@@ -45,3 +45,12 @@ def test_an_agent_gets_the_spec_defaults(tmp_path: Path) -> None:
 def test_a_wrong_type_names_the_key_and_what_it_expects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"supervisor\.max_restarts: expected an integer"):
         parse_config({"supervisor": {"max_restarts": "many"}}, tmp_path / "x.toml")
+
+
+def test_the_store_section_defaults_are_the_store_s_own() -> None:
+    from runtime.config.schema import StoreSection
+    from runtime.store import StoreOptions
+
+    assert StoreOptions.of(StoreSection()) == StoreOptions()
+    assert StoreOptions.of(StoreSection(durability="interval", max_batch=7)) == StoreOptions(
+        durability="interval", max_batch=7)

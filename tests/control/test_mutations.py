@@ -257,3 +257,19 @@ async def test_a_hold_is_shared_by_the_tasks_its_holder_starts_and_ends_with_the
             gate.set()
             await trio.sleep(0.01)
     assert outcome == ["busy"] and locks.holding("a") is None
+
+
+async def test_an_in_process_caller_may_give_the_request_id_apart(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        methods, applied = table(Mutations(await RequestLedger.load(store),
+                                           lambda *a, **k: None))
+        uplink = Caller("uplink", "fleet")
+        first = await methods.request("bump", {"agent": "a"}, request_id="nats-7",
+                                      caller=uplink)
+        assert await methods.request("bump", {"agent": "a"}, request_id="nats-7",
+                                     caller=uplink) == first
+        assert await methods.call("bump", {"agent": "a", "request_id": "nats-7"}) == first
+        assert applied.count(("enter", "a")) == 1
+        with pytest.raises(MethodError) as refused:  # only mutating methods take one
+            await methods.request("look", {"agent": "a"}, request_id="x")
+        assert refused.value.code == "bad_params"

@@ -11,14 +11,18 @@ import pytest
 from runtime.control.protocol import (
     CLIENT,
     CLOSED,
+    ERROR,
     MAX_CONTAINER,
     MAX_FRAME,
     NEED_DATA,
+    OPEN,
     SERVER,
     Connection,
     ErrorResponse,
     Hello,
+    LocalProtocolError,
     ProtocolError,
+    RemoteProtocolError,
     Request,
     Response,
     StreamEnd,
@@ -182,6 +186,7 @@ def test_answers_for_ids_that_are_not_open_are_errors() -> None:
     client, server = pair()
     with pytest.raises(ProtocolError):
         server.send(Response(5, 1))
+    client, server = pair()  # (that error latched the server: see test_error_latch_*)
     request(client, server, Request(5, "a", {}))
     client.receive_data(server.send(Response(5, 1)))
     assert client.next_event() == Response(5, 1)
@@ -202,14 +207,18 @@ def test_stream_item_after_the_end_is_an_error() -> None:
 
 
 def test_each_side_sends_only_what_its_role_allows() -> None:
+    # A fresh pair for each refusal: a refused send latches the connection.
     client, server = Connection(CLIENT), Connection(SERVER)
     with pytest.raises(ProtocolError):
         client.send(Request(1, "a", {}))  # before hello
     with pytest.raises(ProtocolError):
         server.send(Hello())  # the server answers a hello, it does not open with one
+    client, server = Connection(CLIENT), Connection(SERVER)
     client.send(Hello())
     with pytest.raises(ProtocolError):
         client.send(Hello())
+    client = Connection(CLIENT)
+    client.send(Hello())
     with pytest.raises(ProtocolError):
         client.send(Response(1, None))
     with pytest.raises(ProtocolError):
@@ -309,3 +318,91 @@ def test_an_unencodable_result_leaves_the_connection_usable() -> None:
         server.send(Response(1, {"table": Table(("a",), [(object(),)])}))
     client.receive_data(server.send(Response(1, {"ok": True})))  # nothing half-packed leaks
     assert client.next_event() == Response(1, {"ok": True})
+
+
+# -- the ERROR state, and whose fault an error is -------------------------------------
+
+
+def test_error_latch_after_a_remote_error_every_later_call_raises_again() -> None:
+    client, server = pair()
+    server.receive_data(frame({"id": 1, "method": 5}) + client.send(Request(2, "fine", {})))
+    with pytest.raises(RemoteProtocolError, match="no method name") as first:
+        server.next_event()
+    assert server.state is ERROR and server.error is first.value
+    for _ in range(2):  # the good request behind the bad one is never handed out
+        with pytest.raises(RemoteProtocolError, match=r"ERROR state.*no method name") as again:
+            server.next_event()
+        assert again.value.code == first.value.code == "bad_request"
+    with pytest.raises(RemoteProtocolError):
+        server.send(Response(2, None))
+    # The refusal is the server's last word: it may always go, so the client learns why.
+    client.receive_data(server.send(ErrorResponse(None, "bad_request", str(first.value))))
+    assert client.next_event() == ErrorResponse(None, "bad_request", str(first.value))
+
+
+def test_error_latch_after_a_local_error_every_later_call_raises_again() -> None:
+    client, server = pair()
+    request(client, server, Request(1, "a", {}))
+    with pytest.raises(LocalProtocolError, match="not open") as first:
+        server.send(Response(9, None))  # our bug: an answer to nothing
+    assert server.state is ERROR
+    with pytest.raises(LocalProtocolError, match="ERROR state"):
+        server.send(Response(1, None))  # even a correct answer now
+    server.receive_data(client.send(Request(2, "b", {})))
+    with pytest.raises(LocalProtocolError, match="ERROR state") as again:
+        server.next_event()
+    assert again.value.code == first.value.code == "bad_id"
+    server.send(ErrorResponse(None, "internal", "bug"))  # still its last word
+
+
+def test_a_client_latches_too_and_may_not_refuse() -> None:
+    client, _ = pair()
+    client.receive_data(frame({"id": 3, "result": 1}))  # an answer to nothing
+    with pytest.raises(RemoteProtocolError, match="not open"):
+        client.next_event()
+    with pytest.raises(RemoteProtocolError, match="ERROR state"):
+        client.send(Request(1, "a", {}))
+    with pytest.raises(RemoteProtocolError, match="ERROR state"):
+        client.send(ErrorResponse(None, "x", "only a server refuses"))
+
+
+def test_a_value_that_cannot_travel_does_not_latch() -> None:
+    client, server = pair()
+    request(client, server, Request(1, "a", {}))
+    with pytest.raises(LocalProtocolError) as info:
+        server.send(Response(1, object()))
+    assert info.value.code == "unencodable"
+    with pytest.raises(LocalProtocolError) as info:
+        client.send(Request(2, "big", {"x": "y" * MAX_FRAME}))
+    assert info.value.code == "too_large"
+    assert server.state is OPEN and client.state is OPEN and client.open_requests == {1}
+    client.receive_data(server.send(Response(1, "fine")))
+    assert client.next_event() == Response(1, "fine")
+
+
+def test_eof_moves_the_state_to_closed() -> None:
+    _, server = pair()
+    assert server.state is OPEN
+    server.receive_data(b"")
+    assert server.next_event() is CLOSED
+    assert server.state is CLOSED
+
+
+@pytest.mark.parametrize(("who", "act"), [
+    ("remote", lambda c, s: (s.receive_data(b"\x00\x00\x00\x01\xc1"), s.next_event())),
+    ("remote", lambda c, s: (s.receive_data(struct.pack(">I", MAX_FRAME + 1)), s.next_event())),
+    ("remote", lambda c, s: (s.receive_data(frame({"id": 1, "method": "a"}) * 2),
+                             s.next_event(), s.next_event())),  # a duplicate id, received
+    ("remote", lambda c, s: (c.receive_data(frame({"id": 4, "end": True})), c.next_event())),
+    ("remote", lambda c, s: (c.receive_data(frame({"id": None})), c.next_event())),
+    ("local", lambda c, s: (c.send(Request(1, "a", {})), c.send(Request(1, "a", {})))),
+    ("local", lambda c, s: s.send(StreamItem(4, 1))),
+    ("local", lambda c, s: c.send(Hello())),
+    ("local", lambda c, s: s.send(Request(1, "a", {}))),
+])
+def test_errors_say_whose_fault_they_are(who: str, act) -> None:
+    client, server = pair()
+    expected = RemoteProtocolError if who == "remote" else LocalProtocolError
+    with pytest.raises(ProtocolError) as info:
+        act(client, server)
+    assert type(info.value) is expected

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runtime.app import store_options
 from runtime.config import load_config
 from runtime.control.params import params_of
 from runtime.events import EventLog
 from runtime.maintain.disk import DiskGuard
 from runtime.maintain.online import online_tasks
 from runtime.maintain.tasks import OFFLINE_ONLY, TASKS
-from runtime.store import StateBook, open_store
+from runtime.store import StateBook, StoreOptions, open_store
 from tests.maintain.conftest import maintain
 from tests.runtime_proc import ROOT, agent_block, wait_for, write_config
 
@@ -61,7 +60,7 @@ def test_restore_is_refused_while_a_runtime_runs(tmp_path: Path, start_runtime) 
 
 async def test_online_tasks_are_returned_declared_and_report_plain_data(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, COUNTER))
-    async with open_store(config.data_dir, store_options(config)) as store:
+    async with open_store(config.data_dir, StoreOptions.of(config.store)) as store:
         book, events = StateBook(store), EventLog(store)
         state = await book.open("agent/counter/state")
         await state.incr("count")

@@ -14,6 +14,13 @@ from shm import Segment
 
 # fork: children start at once and share nothing but the segment file they attach.
 FORK = multiprocessing.get_context("fork")
+PROCS = 4  # processes of the lost-update tests
+MILLION = 1_000_000
+
+
+def attach(path: Path) -> Segment:
+    """Attach the segment file read-write, as an agent process does."""
+    return Segment.attach(path, writable=True)
 
 
 @pytest.fixture

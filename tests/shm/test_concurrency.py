@@ -29,15 +29,7 @@ from shm import (
     snapshot,
 )
 from shm.metrics import word_pointer
-from tests.shm.conftest import FORK, run_all
-
-PROCS = 4
-MILLION = 1_000_000
-
-
-def attach(path: Path) -> Segment:
-    return Segment.attach(path, writable=True)
-
+from tests.shm.conftest import FORK, MILLION, PROCS, attach, run_all
 
 # -- counters ---------------------------------------------------------------------
 
@@ -179,11 +171,15 @@ def _writer(path: Path, barrier, writer: int, min_writes: int, min_reads: int) -
     seg = attach(path)
     rec = Record(seg, "status", RECORD_SIZE)
     done, reads = Counter(seg, "writers_done"), Counter(seg, "reads")
+    changes, seen = Counter(seg, "changes"), Counter(seg, f"seen_writer_{writer}")
     barrier.wait()
     n = 0
-    # Keep writing until the readers have read plenty: overlap is guaranteed, not
-    # left to the scheduler. The cap only bounds a run whose readers died.
-    while n < min_writes or (reads.value() < min_reads and n < 5_000_000):
+    # Keep writing until the readers have read plenty and seen many versions from
+    # this writer: overlap is guaranteed, not left to the scheduler (on a busy box
+    # readers can spin through many reads while the writers are descheduled). The
+    # cap only bounds a run whose readers died.
+    while n < min_writes or ((reads.value() < min_reads or changes.value() <= 100
+                              or seen.value() <= 10) and n < 5_000_000):
         n += 1
         rec.write(make_payload(writer, n))
     done.inc()

@@ -1,5 +1,6 @@
 """Counter, the native type: one count per slot across objects, mappings and processes,
-an owned mapping (no use-after-unmap), clear errors for bad input, and final.
+an owned mapping (no use-after-unmap), clear errors for bad input (with the other
+metric types in test_metric_types.py), and final.
 """
 
 from __future__ import annotations
@@ -11,17 +12,10 @@ from pathlib import Path
 import pytest
 from shm._native import lib
 
-from shm import Counter, CounterBatch, Segment, SegmentError
+from shm import Counter, CounterBatch, Segment
 from shm.metrics import word_pointer
 from shm.segment import COUNTER
-from tests.shm.conftest import FORK, run_all
-
-PROCS = 4
-MILLION = 1_000_000
-
-
-def attach(path: Path) -> Segment:
-    return Segment.attach(path, writable=True)
+from tests.shm.conftest import FORK, MILLION, PROCS, attach, run_all
 
 
 def test_objects_and_mappings_of_one_slot_share_one_count(seg: Segment, seg_path: Path) -> None:
@@ -57,15 +51,6 @@ def test_add_keeps_int64_semantics_and_rejects_what_does_not_fit(seg: Segment) -
     with pytest.raises(TypeError):
         c.add(1.5)
     assert c.value() == -(2**63)
-
-
-def test_bad_arguments_say_what_is_wrong(seg: Segment) -> None:
-    with pytest.raises(TypeError, match="must be str"):
-        Counter(seg, 3)
-    with pytest.raises(AttributeError, match="counter_word"):
-        Counter(object(), "x")
-    with pytest.raises(SegmentError, match="slot name"):
-        Counter(seg, "")
 
 
 def test_a_counter_keeps_its_mapping_after_the_segment_is_closed(

@@ -121,7 +121,8 @@ def test_prometheus_histogram_bucket_sum_count(seg: Segment) -> None:
 def test_label_values_are_escaped_and_names_sanitised(seg: Segment) -> None:
     Counter(seg, 'we"ird\\na\nme:req-latency.ms').inc()
     text = prometheus_text(seg)
-    assert text.count("\n") == 2  # the newline in the label value is escaped, not emitted
+    # HELP, TYPE, one sample: the newline in the label value is escaped, not emitted
+    assert text.count("\n") == 3
     families = parse(text)
     assert families["outpost_req_latency_ms_total"][1] == [
         ("outpost_req_latency_ms_total", 'agent="we\\"ird\\\\na\\nme"', "1")]
@@ -160,3 +161,36 @@ def test_text_is_accepted_by_the_reference_parser(seg: Segment) -> None:
     assert fams["outpost_hits"].samples[0].value == 2
     lat = {(s.name, s.labels.get("le")): s.value for s in fams["outpost_lat"].samples}
     assert lat[("outpost_lat_bucket", "+Inf")] == 1 and lat[("outpost_lat_count", None)] == 1
+
+
+def test_every_family_has_help_given_or_generic(seg: Segment) -> None:
+    Counter(seg, "a:hits").inc()
+    Counter(seg, "b:hits").inc()
+    Gauge(seg, "outpost:agents_up").set(2)
+    text = prometheus_text(seg, help={"agents_up": "Agents running.\nNow \\ here."})
+    lines = text.splitlines()
+    assert lines[0] == "# HELP outpost_hits_total Counter 'hits' from the shared-memory segment."
+    assert lines[1] == "# TYPE outpost_hits_total counter"
+    # The runtime's own slots have no agent label; HELP escapes backslash and newline.
+    assert "# HELP outpost_agents_up Agents running.\\nNow \\\\ here." in lines
+    assert "outpost_agents_up 2.0" in lines
+    assert sum(line.startswith("# HELP") for line in lines) == 2
+
+
+def test_openmetrics_is_accepted_by_the_reference_parser(seg: Segment) -> None:
+    parser = pytest.importorskip("prometheus_client.openmetrics.parser")
+    Counter(seg, "x:hits").add(3)
+    Counter(seg, "x:jobs_total").add(1)
+    Gauge(seg, "x:jobs_total_gauge").set(1)
+    Histogram(seg, "x:lat", [0.5]).observe(0.25)
+    Heartbeat(seg, "x:heartbeat").beat()
+    Gauge(seg, "y:jobs_total").set(2)  # mistyped: left out, and no stray comment in OM
+    text = prometheus_text(seg, openmetrics=True)
+    assert text.endswith("# EOF\n") and "# outpost:" not in text
+    fams = {f.name: f for f in parser.text_string_to_metric_families(text)}
+    assert fams["outpost_hits"].type == "counter"
+    assert [(s.name, s.value) for s in fams["outpost_hits"].samples] == [
+        ("outpost_hits_total", 3)]
+    assert fams["outpost_jobs"].samples[0].labels == {"agent": "x"}
+    assert fams["outpost_lat"].type == "histogram"
+    assert fams["outpost_heartbeat_age_seconds"].type == "gauge"

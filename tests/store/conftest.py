@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -33,6 +33,27 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+class CommitGate:
+    """Commit hooks that hold the writer inside `before_commit` of commit `hold` until
+    `released` is set, and record each commit's ops (`batches`) and size (`sizes`)."""
+
+    def __init__(self, hold: int) -> None:
+        self.hold = hold
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.sizes: dict[int, int] = {}
+        self.batches: dict[int, list] = {}
+
+    def before(self, batch_no: int, ops: list) -> None:
+        if batch_no == self.hold:
+            self.entered.set()
+            self.released.wait(30)
+
+    def after(self, batch_no: int, ops: list) -> None:
+        self.sizes[batch_no] = len(ops)
+        self.batches[batch_no] = list(ops)
+
+
 async def until(condition: Callable[[], object], timeout: float = 10.0,
                 what: str = "condition") -> object:
     """Poll `condition()` (yielding to trio between polls) until truthy or fail at the deadline."""
@@ -60,14 +81,3 @@ async def gather(*fns: Callable[[], Awaitable[object]]) -> list[object]:
         for i, fn in enumerate(fns):
             nursery.start_soon(one, i, fn)
     return results
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak tests (long chaos runs) run only when asked: `-m soak` or OUTPOST_SOAK=1."""
-    if "soak" in (config.getoption("markexpr") or "") or os.environ.get("OUTPOST_SOAK"):
-        return
-    here = Path(__file__).parent
-    skip = pytest.mark.skip(reason="soak test: run with -m soak or OUTPOST_SOAK=1")
-    for item in items:
-        if item.get_closest_marker("soak") and here in Path(str(item.fspath)).parents:
-            item.add_marker(skip)

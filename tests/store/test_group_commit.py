@@ -7,7 +7,6 @@ with what the trio tasks observe. No timing is involved.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import trio
@@ -15,28 +14,10 @@ import trio.testing
 
 from runtime.store import StoreOptions, open_store
 
-from .conftest import until
+from .conftest import CommitGate, until
 
 
-class Gate:
-    """Holds the writer inside `before_commit` of batch `hold` until released."""
-
-    def __init__(self, hold: int) -> None:
-        self.hold = hold
-        self.entered = threading.Event()
-        self.released = threading.Event()
-        self.sizes: dict[int, int] = {}
-
-    def before(self, batch_no: int, ops: list) -> None:
-        if batch_no == self.hold:
-            self.entered.set()
-            self.released.wait(30)
-
-    def after(self, batch_no: int, ops: list) -> None:
-        self.sizes[batch_no] = len(ops)
-
-
-async def _hold_first_batch(store, gate: Gate, nursery: trio.Nursery) -> None:
+async def _hold_first_batch(store, gate: CommitGate, nursery: trio.Nursery) -> None:
     store.set_commit_hooks(gate.before, gate.after)
     nursery.start_soon(store.flush)
     await trio.to_thread.run_sync(gate.entered.wait, 30)
@@ -44,12 +25,12 @@ async def _hold_first_batch(store, gate: Gate, nursery: trio.Nursery) -> None:
 
 async def test_waiting_ops_share_one_transaction(data_dir: Path) -> None:
     async with open_store(data_dir) as store:
-        gate = Gate(hold=1)
+        gate = CommitGate(hold=1)
         async with trio.open_nursery() as nursery:
             await _hold_first_batch(store, gate, nursery)
             for i in range(50):
                 nursery.start_soon(store.append, "s", i)
-            await until(lambda: store._writer._queue.qsize() == 50, what="50 queued appends")
+            await until(lambda: store._writer.queued() == 50, what="50 queued appends")
             gate.released.set()
         assert gate.sizes == {1: 1, 2: 50}  # the held flush, then all 50 in one commit
         assert store.commits == 2
@@ -58,12 +39,12 @@ async def test_waiting_ops_share_one_transaction(data_dir: Path) -> None:
 
 async def test_max_batch_caps_a_transaction(data_dir: Path) -> None:
     async with open_store(data_dir, StoreOptions(max_batch=8)) as store:
-        gate = Gate(hold=1)
+        gate = CommitGate(hold=1)
         async with trio.open_nursery() as nursery:
             await _hold_first_batch(store, gate, nursery)
             for i in range(50):
                 nursery.start_soon(store.append, "s", i)
-            await until(lambda: store._writer._queue.qsize() == 50, what="50 queued appends")
+            await until(lambda: store._writer.queued() == 50, what="50 queued appends")
             gate.released.set()
         assert [gate.sizes[n] for n in sorted(gate.sizes)] == [1, 8, 8, 8, 8, 8, 8, 2]
         assert len(store.read("s")) == 50
@@ -121,7 +102,7 @@ async def test_sync_never_acks_before_its_commit_returned(data_dir: Path) -> Non
 async def test_no_ack_while_the_commit_is_held(data_dir: Path) -> None:
     """Hold the writer just before commit(): all trio tasks block, none has its ack."""
     async with open_store(data_dir) as store:
-        gate = Gate(hold=1)
+        gate = CommitGate(hold=1)
         store.set_commit_hooks(gate.before, gate.after)
         acked: list[int] = []
 
@@ -173,7 +154,7 @@ async def test_cancelled_waiter_still_learns_the_outcome(data_dir: Path) -> None
     """An append cannot be withdrawn once queued; cancelling it delivers the
     cancellation after its commit, so no 'maybe stored' state is ever seen."""
     async with open_store(data_dir) as store:
-        gate = Gate(hold=1)
+        gate = CommitGate(hold=1)
         store.set_commit_hooks(gate.before, gate.after)
         got: list[int] = []
         with trio.CancelScope() as scope:

@@ -171,7 +171,7 @@ async def test_a_refused_op_fails_alone_in_its_batch(data_dir: Path) -> None:
                 results.extend(await gather(*goods, *bad))
 
             nursery.start_soon(run_all)
-            await until(lambda: store._writer._queue.qsize() >= 11, what="11 queued ops")
+            await until(lambda: store._writer.queued() >= 11, what="11 queued ops")
             release.set()
         assert sorted(results[:10]) == list(range(2, 12))
         assert isinstance(results[10], StoreError)

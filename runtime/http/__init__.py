@@ -1,0 +1,1 @@
+"""The HTTP face: /metrics, health probes and a live console, over the control methods."""
