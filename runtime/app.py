@@ -6,7 +6,8 @@ control server serves that table); this is the only module that knows them all.
 
 Open order (and the reverse close order): store (takes the data-dir lock
 first, so a second runtime touches nothing of the first) -> shared-memory
-segment -> supervisor with the agents -> control socket. SIGTERM/SIGINT or a
+segment -> rollouts (an interrupted one finished, every agent placed on its
+current release) -> supervisor with the agents -> control socket. SIGTERM/SIGINT or a
 `shutdown` request stops agents in reverse start order, checkpoints and flushes
 the store, removes the socket and the segment.
 """
@@ -28,13 +29,19 @@ from runtime.agents.directory import AgentDirectory
 from runtime.agents.mailbox import Mailboxes
 from runtime.config import AgentSpec, Config
 from runtime.control.dispatch import Caller, Methods
+from runtime.control.ledger import RequestLedger
+from runtime.control.mutations import Mutations
 from runtime.control.server import ControlServer
 from runtime.events import EventLog
 from runtime.maintain.disk import DiskGuard
 from runtime.maintain.online import online_tasks
 from runtime.methods import control_methods
+from runtime.releases import ReleaseStore, verify
+from runtime.rollouts.methods import rollout_methods
+from runtime.rollouts.room import Rollouts
 from runtime.store import StateBook, Store, StoreOptions, open_store
 from runtime.supervisor import RootGaveUp, Supervisor
+from runtime.supervisor.methods import supervisor_methods
 from runtime.supervisor.template import Template, TemplateClient
 from runtime.telemetry import HELP, Telemetry
 from shm import Segment
@@ -47,7 +54,7 @@ class Runtime:
     """The live parts of one runtime, wired together (and the `Host` the methods see)."""
 
     def __init__(self, config: Config, store: Store, segment: Segment, book: StateBook,
-                 template: Template | None = None) -> None:
+                 template: Template | None = None, requests: RequestLedger | None = None) -> None:
         self.config = config
         self.store = store
         self.segment = segment
@@ -68,12 +75,24 @@ class Runtime:
             segment=segment, book=book, mailboxes=self.mailboxes, directory=self.agents,
             log_dir=config.maintain.logs_dir,
             data_dir=config.data_dir, log_level=config.log_level,
-            on_root_give_up=self._root_gave_up)
-        self.methods = Methods()
+            on_root_give_up=self._root_gave_up, verify_release=verify)
+        # Mutating methods: request ids applied once, one mutation per agent, audited.
+        self.mutations = Mutations(requests, self.events.emit, self.supervisor.scope_of)
+        self.methods = Methods(self.mutations)
         self.methods.add(control_methods(
             host=self, supervisor=self.supervisor, book=book, flush=store.flush,
             mailboxes=self.mailboxes, events=self.events, segment=segment,
-            maintenance=online_tasks(config, store, book, self.events, self.disk_guard)))
+            maintenance=online_tasks(config, store, book, self.events, self.disk_guard,
+                                     requests=requests)))
+        self.methods.add(supervisor_methods(self.supervisor))
+        self.rollouts = Rollouts(
+            methods=self.methods, events=self.events, book=book, segment=segment,
+            directory=self.agents, locks=self.mutations.locks,
+            scope_of=self.supervisor.scope_of,
+            releases=ReleaseStore(config.data_dir / "releases"),
+            marks_dir=config.data_dir / "rollouts", archive_dir=config.maintain.archive_dir,
+            settings=lambda: self.config.rollouts)
+        self.methods.add(rollout_methods(self.rollouts))
         self.control = ControlServer(config.socket_path, self.methods,
                                      config.allowed_uids, config.allowed_gids)
 
@@ -147,7 +166,8 @@ async def run_runtime(config: Config, template: Template | None = None, *,
             s = config.store
             book = StateBook(store, s.checkpoint_every_ops, s.checkpoint_every_s,
                              s.checkpoint_keep_tail)
-            rt = Runtime(config, store, segment, book, template)
+            requests = await RequestLedger.load(store)
+            rt = Runtime(config, store, segment, book, template, requests)
             await _serve(rt, task_status)
         finally:
             segment.unlink()
@@ -171,6 +191,10 @@ async def _serve(rt: Runtime, task_status: trio.TaskStatus[Runtime]) -> None:
             nursery.start_soon(rt.events.run)
             nursery.start_soon(rt.disk_guard.run)
             rt.events.emit("runtime-start", None, pid=os.getpid(), version=__version__)
+            await nursery.start(rt.rollouts.run)
+            # Before any agent starts: an interrupted rollout is finished or rolled back,
+            # every agent is set to run its current release.
+            await rt.rollouts.prepare()
             if rt.template is not None:
                 await nursery.start(rt.template.run)
             await nursery.start(rt.supervisor.run)
@@ -185,6 +209,7 @@ async def _serve(rt: Runtime, task_status: trio.TaskStatus[Runtime]) -> None:
             await rt.shutdown_requested.wait()
             log.info("shutting down: stopping agents in reverse start order")
             rt.events.emit("runtime-stop", None, pid=os.getpid())
+            rt.rollouts.stop()  # an active rollout stays in its phase: the next start ends it
             with trio.CancelScope(shield=True), \
                     trio.move_on_after(config.shutdown_timeout_s) as waited:
                 await rt.supervisor.stop()

@@ -26,6 +26,7 @@ from runtime.config import Config, ConfigError, load_config
 from runtime.control.dispatch import Handler, Stream
 from runtime.control.errors import MethodError
 from runtime.control.params import (
+    EVERY_AGENT,
     Int,
     Map,
     Number,
@@ -121,7 +122,7 @@ def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
     def agent_action(action: str) -> Handler:
         act = getattr(supervisor, f"{action}_agent")
 
-        @accepts(Str("agent", required=True, doc="an agent or group name"))
+        @accepts(Str("agent", required=True, doc="an agent or group name"), mutates="agent")
         async def handler(params: dict[str, Any]) -> dict:
             name = params["agent"]
             try:
@@ -150,7 +151,8 @@ def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
             raise MethodError("not_found", f"agent {name!r} has no state key {key!r}")
         return {"agent": name, "key": key, "value": state.get(key)}
 
-    @accepts(AGENT, KEY, Value("value", required=True, doc="any value; null is one"))
+    @accepts(AGENT, KEY, Value("value", required=True, doc="any value; null is one"),
+             mutates="agent")
     async def state_set(params: dict[str, Any]) -> dict:
         """Set one key through the durable path (answers after the write is durable);
         the agent sees the new value at once: it shares the same KeyValueState."""
@@ -162,7 +164,7 @@ def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
             raise MethodError("failed", str(exc)) from None
         return {"agent": name, "key": key, "value": state.get(key), "seq": state.applied_seq}
 
-    @accepts(AGENT, KEY)
+    @accepts(AGENT, KEY, mutates="agent")
     async def state_delete(params: dict[str, Any]) -> dict:
         """Delete one key through the durable path."""
         name, key = known(params["agent"]), params["key"]
@@ -174,13 +176,21 @@ def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
             raise MethodError("failed", str(exc)) from None
         return {"agent": name, "key": key, "deleted": existed, "seq": state.applied_seq}
 
+    # Not held per agent: messages are the agents' data flow, and a mailbox is not
+    # rolled back, so a send interleaves with nothing.
     @accepts(AGENT, Value("message", required=True, doc="any value; null is one"),
-             Str("key", doc="an idempotency key: a second send with it stores nothing"))
+             Str("key", doc="an idempotency key: a second send with it stores nothing"),
+             mutates=True)
     async def send(params: dict[str, Any]) -> dict:
-        """Put a message in an agent's mailbox (durable); answers with its seq."""
+        """Put a message in an agent's mailbox (durable); answers with its seq.
+
+        A request id doubles as the message's idempotency key (unless a key is
+        given), so a repeated send stores nothing even if the runtime died before
+        the id was remembered: the key is in the same transaction as the message."""
         name = known(params["agent"])
+        key = params["key"] if params["key"] is not None else params["request_id"]
         try:
-            seq = await mailboxes.send(name, params["message"], key=params["key"])
+            seq = await mailboxes.send(name, params["message"], key=key)
         except MailboxError as exc:  # e.g. the agent was removed by a reload meanwhile
             raise MethodError("not_found", str(exc)) from None
         except StoreError as exc:
@@ -252,7 +262,8 @@ def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
         return {"checkpoints_written": written, "checkpoints_total": book.checkpoints_written}
 
     @accepts(Str("task", doc="a task name (without it: list the tasks)"),
-             Map("args", doc="the task's own params, e.g. {arg: DIR} for backup"))
+             Map("args", doc="the task's own params, e.g. {arg: DIR} for backup"),
+             mutates=True)
     async def maintain(params: dict[str, Any]) -> dict:
         """Run one maintenance task inside the runtime (params.task, params.args);
         without a task, list the tasks this runtime offers."""
@@ -274,7 +285,7 @@ def control_methods(*, host: Host, supervisor: Supervision, book: StateBook,
             raise MethodError("failed", f"{task}: {type(exc).__name__}: {exc}") from None
         return {"task": task, "result": result}
 
-    @accepts()
+    @accepts(mutates=EVERY_AGENT)
     async def reload(params: dict[str, Any]) -> dict:
         """Re-read the config file and apply it: agents added, removed and changed,
         unchanged ones left running; [control] allowed users take effect at once."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ import trio
 from runtime.store import KeyValueState
 from runtime.store.kvstate import DELETE, INCR, MERGE, SET
 from shm import Counter, Gauge, Heartbeat, Histogram, Record, Segment, SegmentError
+from shm.metrics import RECORD_MAX_BYTES
 
 
 def state_stream(agent: str) -> str:
@@ -63,6 +65,50 @@ class AgentMetrics:
         if made.size != size:
             raise SegmentError(f"record {name!r} holds {made.size} bytes, not {size}")
         return made
+
+
+HEALTH_METRIC = "health"  # the record slot '<agent>:health'
+HEALTH_BYTES = RECORD_MAX_BYTES  # one slot
+_HEALTH_HEAD = struct.Struct("<QB")  # reports so far, ok
+
+
+def encode_health(reports: int, ok: bool, detail: str) -> bytes:
+    """A health record's bytes: how many reports so far, ok, the detail (UTF-8, cut)."""
+    text = detail.encode("utf-8", "replace")[:HEALTH_BYTES - _HEALTH_HEAD.size]
+    return _HEALTH_HEAD.pack(reports, 1 if ok else 0) + text.ljust(
+        HEALTH_BYTES - _HEALTH_HEAD.size, b"\0")
+
+
+def decode_health(raw: bytes) -> tuple[int, bool, str]:
+    """(reports so far, ok, detail) of a health record (0 reports: never reported)."""
+    reports, ok = _HEALTH_HEAD.unpack_from(raw)
+    return reports, bool(ok), raw[_HEALTH_HEAD.size:].rstrip(b"\0").decode("utf-8", "replace")
+
+
+class HealthReporter:
+    """`ctx.report_health(ok, detail="")`: the agent's own verdict on its health.
+
+    For checks only the agent can make (a sensor that answers nonsense, a queue
+    it cannot drain): a rollout's health gate fails if the new version reports
+    `ok=False` while it is gated. Written to a seqlocked record in shared
+    memory ('<agent>:health'), the same for task and process agents: no
+    round trip, nothing to the store. The slot is claimed on the first report.
+    """
+
+    def __init__(self, segment: Segment, agent: str) -> None:
+        self._segment = segment
+        self._agent = agent
+        self._record: Record | None = None
+        self._reports = 0
+
+    def __call__(self, ok: bool, detail: str = "") -> None:
+        if self._record is None:
+            self._record = Record(self._segment, f"{self._agent}:{HEALTH_METRIC}",
+                                  HEALTH_BYTES)
+            # A restarted agent goes on counting, so a reader can tell a new report.
+            self._reports = decode_health(self._record.read())[0]
+        self._reports += 1
+        self._record.write(encode_health(self._reports, bool(ok), str(detail)))
 
 
 _SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -133,6 +179,7 @@ class AgentContext:
         self.metrics, self._heartbeat, writes = made
         self.state = CountingState(state, writes)
         self.log = logging.getLogger(f"outpost.agent.{name}")
+        self.report_health = HealthReporter(segment, name)
         self.is_ready = trio.Event()
         self.on_ready: Callable[[], None] | None = None  # the supervisor's hook
         self._mailboxes = mailboxes

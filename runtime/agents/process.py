@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from runtime.agents import wire
-from runtime.agents.context import AgentMetrics
+from runtime.agents.context import AgentMetrics, HealthReporter
 from runtime.agents.entry import load_entry
 from runtime.agents.mailbox import InboxIteration, Message
 from runtime.store.kvstate import apply_op
@@ -141,6 +141,7 @@ class ProcessContext:
         self._channel = channel
         self.state = RemoteState(channel, state)
         self.metrics = AgentMetrics(segment, name)
+        self.report_health = HealthReporter(segment, name)  # shared memory: no frame
         self.log = logging.getLogger(f"outpost.agent.{name}")
         self._heartbeat = Heartbeat(segment, f"{name}:heartbeat")
         self.heartbeat = self._heartbeat.beat  # one atomic store, no Python frame

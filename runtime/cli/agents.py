@@ -17,14 +17,21 @@ def add_parsers(sub: Subcommands) -> None:
     status.add_argument("agent", nargs="?", help="only this agent")
     status.set_defaults(func=cmd_status)
 
-    agent = sub.add_parser("agent", help="start, stop or restart one agent")
+    agent = sub.add_parser("agent", help="start, stop, restart or degrade one agent")
     agent_sub = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
-    for action, what in (("start", "start a stopped (or failed) agent"),
+    for action, what in (("start", "start a stopped (or failed, or degraded) agent"),
                          ("stop", "stop an agent (it stays stopped until started)"),
                          ("restart", "stop then start an agent; clears `failed`")):
-        p = client_parser(agent_sub, action, what)
+        p = client_parser(agent_sub, action, what, mutating=True)
         p.add_argument("agent")
         p.set_defaults(func=cmd_agent, action=action)
+    degrade = client_parser(agent_sub, "degrade", "stop an agent and mark it degraded (state "
+                            "kept) until it is started or restarted")
+    degrade.add_argument("agent")
+    degrade.add_argument("--reason", default=None, help="why (in the event and the status)")
+    degrade.add_argument("--request-id", default=None, metavar="ID",
+                         help="apply once (see agent start --help)")
+    degrade.set_defaults(func=cmd_degrade)
 
 
 def overlay_segment(args: argparse.Namespace, agents: list[dict]) -> bool:
@@ -59,6 +66,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if counters:
         human += "\n\n" + table(["AGENT", "COUNTER", "VALUE"], counters)
     emit(args, result, human)
+    return EXIT_OK
+
+
+def cmd_degrade(args: argparse.Namespace) -> int:
+    """`outpost agent degrade NAME [--reason TEXT]`: the brake rules pull, by hand."""
+    params = {"agent": args.agent}
+    if args.reason:
+        params["reason"] = args.reason
+    result = call(args, "agent.degrade", **params)
+    emit(args, result, f"{args.agent}: degraded ({result['reason']}); `outpost agent start "
+         f"{args.agent}` runs it again")
     return EXIT_OK
 
 

@@ -41,13 +41,22 @@ class CliError(Exception):
         self.code = code
 
 
-def client_parser(sub: Subcommands, name: str, help: str) -> argparse.ArgumentParser:
-    """A command that talks to a runtime: --config, --socket and --json, the same on all."""
+def client_parser(sub: Subcommands, name: str, help: str,
+                  mutating: bool = False) -> argparse.ArgumentParser:
+    """A command that talks to a runtime: --config, --socket and --json, the same on all;
+    a `mutating` one also takes --request-id and --wait (see `call`)."""
     c = sub.add_parser(name, help=help)
     c.add_argument("--config", default=None,
                    help=f"config file that names the runtime (default ./{DEFAULT_CONFIG})")
     c.add_argument("--socket", default=None, help="control socket path (overrides --config)")
     c.add_argument("--json", action="store_true", help="machine-readable output")
+    if mutating:
+        c.add_argument("--request-id", default=None, metavar="ID",
+                       help="apply once: the same command again with this id changes nothing "
+                            "and prints the first answer (for retries; kept 24 h by default)")
+        c.add_argument("--wait", action="store_true",
+                       help="if the agent is being changed (another command, a rollout), "
+                            "wait for that to end instead of failing with busy")
     return c
 
 
@@ -70,17 +79,25 @@ def _not_running(args: argparse.Namespace, exc: Exception) -> CliError:
     return CliError(f"outpost: {exc}; start it with `{hint}`", EXIT_NOT_RUNNING)
 
 
-def connect(args: argparse.Namespace) -> ControlClient:
-    """A connection to the runtime; exit 3 (saying how to start one) if none answers."""
+def connect(args: argparse.Namespace, timeout: float | None = 10.0) -> ControlClient:
+    """A connection to the runtime; exit 3 (saying how to start one) if none answers.
+    `timeout` bounds each wait for the runtime (None: no bound, for --wait)."""
     try:
-        return ControlClient(socket_path(args))
+        return ControlClient(socket_path(args), timeout=timeout)
     except NotRunningError as exc:
         raise _not_running(args, exc) from None
 
 
 def call(args: argparse.Namespace, method: str, **params: Any) -> Any:
-    """One control call on its own connection: the method's result."""
-    with connect(args) as client:
+    """One control call on its own connection: the method's result. A mutating
+    command's --request-id and --wait go with it (a --wait call waits as long as it takes)."""
+    request_id = getattr(args, "request_id", None)
+    if request_id is not None:
+        params["request_id"] = request_id
+    wait = bool(getattr(args, "wait", False))
+    if wait:
+        params["wait"] = True
+    with connect(args, None if wait else 10.0) as client:
         return client.call(method, **params)
 
 

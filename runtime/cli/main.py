@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from runtime import __version__
-from runtime.cli import agents, events, maintain, metrics, runtime_cmds, state
+from runtime.cli import agents, events, maintain, metrics, rollout, runtime_cmds, state
 from runtime.cli.common import run_command
 from runtime.frozen import bind_to_bootloader
 
@@ -24,6 +24,7 @@ TOPICS = (
     events,
     metrics,
     maintain,
+    rollout,
 )
 
 

@@ -37,7 +37,8 @@ def add_parsers(sub: Subcommands) -> None:
     client_parser(sub, "checkpoint", "checkpoint every agent's state now") \
         .set_defaults(func=cmd_checkpoint)
     client_parser(sub, "reload",
-                  "re-read the config: add, remove, change agents; others keep running") \
+                  "re-read the config: add, remove, change agents; others keep running",
+                  mutating=True) \
         .set_defaults(func=cmd_reload)
     client_parser(sub, "shutdown", "same as stop").set_defaults(func=cmd_stop)
 

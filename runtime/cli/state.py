@@ -23,18 +23,20 @@ def add_parsers(sub: Subcommands) -> None:
     get.add_argument("agent")
     get.add_argument("key", nargs="?")
     get.set_defaults(func=cmd_state_get)
-    st = client_parser(state_sub, "set", "set one key of an agent's state (durably)")
+    st = client_parser(state_sub, "set", "set one key of an agent's state (durably)",
+                       mutating=True)
     st.add_argument("agent")
     st.add_argument("key")
     st.add_argument("value", help=VALUE_HELP)
     st.add_argument("--string", action="store_true", help="take VALUE literally as a string")
     st.set_defaults(func=cmd_state_set)
-    de = client_parser(state_sub, "delete", "delete one key of an agent's state (durably)")
+    de = client_parser(state_sub, "delete", "delete one key of an agent's state (durably)",
+                       mutating=True)
     de.add_argument("agent")
     de.add_argument("key")
     de.set_defaults(func=cmd_state_delete)
 
-    send = client_parser(sub, "send", "send a message to an agent's mailbox")
+    send = client_parser(sub, "send", "send a message to an agent's mailbox", mutating=True)
     send.add_argument("agent")
     send.add_argument("message", help=VALUE_HELP)
     send.add_argument("--key", help="message key (e.g. for per-key ordering)")

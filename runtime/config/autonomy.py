@@ -36,6 +36,7 @@ from runtime.config.schema import (
     choice,
     int_range,
     key,
+    parse_duration,
     typed,
 )
 
@@ -51,32 +52,8 @@ MISSED = ("skip", "run_once")
 JOB_EVENTS = ("failures", "all")
 METRIC_EVENT = "metric"
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _EVENT_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
 _GLOB = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,48}$")
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number (seconds) or a string like "10m", "1h30m", "250ms"."""
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, int | float):
-        if value < 0 or value != value or value == float("inf"):
-            raise ValueError
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError
-    text = value.strip().lower().replace(" ", "")
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            raise ValueError
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ValueError
-    return total
 
 
 def _duration(expected: str = "a duration, e.g. \"30s\", \"10m\", \"1h\" (or seconds)",

@@ -57,7 +57,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         if key not in TOP_SECTIONS and key not in AUTONOMY_SECTIONS:
             raise fail(key, "unknown section; expected one of "
                        + ", ".join((*TOP_SECTIONS, *AUTONOMY_SECTIONS)))
-    rt, store, shm, control, maintain, supervisor, http = (
+    rt, store, shm, control, maintain, supervisor, http, rollouts = (
         _section(raw, name, cls, fail) for name, cls in SECTIONS.items())
     if store.map_size_max < store.map_size:
         raise fail("store.map_size_max", f"must be >= store.map_size ({store.map_size})")
@@ -82,6 +82,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         shm_slots=shm.slots,
         allowed_uids=tuple(control.allowed_uids),
         allowed_gids=tuple(control.allowed_gids),
+        request_id_ttl_s=control.request_id_ttl,
+        rollouts=rollouts,
         agents=agents,
         groups=groups,
         supervisor=supervisor,
@@ -241,12 +243,54 @@ def _agents_and_groups(raw: dict, path: Path, fail) \
                            f"no agent named {dep!r} to depend on")
             if dep == agent.name:
                 raise fail(f"{wheres[agent.name]}.depends_on", "an agent cannot depend on itself")
+    agents, groups = _expand_instances(agents, groups, wheres, fail)
     try:
         start_order(tuple(agents), tuple(groups))
     except ValueError as exc:
-        name = str(exc).split(":", 1)[0]
+        name = str(exc).split(":", 1)[0].split(INSTANCE_SEP)[0]
         raise fail(f"{wheres.get(name, 'agents')}.depends_on", str(exc)) from None
     return tuple(agents), tuple(groups)
+
+
+INSTANCE_SEP = "@"
+
+
+def instance_names(name: str, count: int) -> list[str]:
+    """The names of an agent's instances: `name` alone, or name@1 .. name@N (1-based, like
+    systemd's template instances; '@' is not allowed in a configured name, so they never
+    collide with one)."""
+    return [name] if count == 1 else [f"{name}{INSTANCE_SEP}{i}" for i in range(1, count + 1)]
+
+
+def _expand_instances(agents: list[AgentSpec], groups: list[GroupSpec], wheres: dict[str, str],
+                      fail) -> tuple[list[AgentSpec], list[GroupSpec]]:
+    """Each agent with `instances = N > 1` becomes a group of its name holding N agents
+    name@1..name@N with its spec (env OUTPOST_INSTANCE = 1..N), and a dependency on it
+    becomes a dependency on every instance."""
+    many = {a.name: instance_names(a.name, a.instances) for a in agents if a.instances > 1}
+    if not many:
+        return agents, groups
+    out_agents: list[AgentSpec] = []
+    out_groups = list(groups)
+    for agent in agents:
+        deps = tuple(n for d in agent.depends_on for n in many.get(d, [d]))
+        if agent.name not in many:
+            out_agents.append(dataclasses.replace(agent, depends_on=deps))
+            continue
+        if agent.restart_window_s <= 0:  # pragma: no cover - the schema refuses it
+            raise fail(f"{wheres[agent.name]}.restart_window_s", "must be positive")
+        out_groups.append(GroupSpec(
+            agent.name, agent.group, agent.order, "one_for_one",
+            # The group's intensity: every instance's own budget, so it fails to its
+            # parent only after all of them spent theirs.
+            max(1, agent.max_restarts) * agent.instances, agent.restart_window_s,
+            instances_of=agent.name))
+        for i, name in enumerate(many[agent.name], 1):
+            env = tuple(sorted({**dict(agent.env), "OUTPOST_INSTANCE": str(i)}.items()))
+            out_agents.append(dataclasses.replace(
+                agent, name=name, group=agent.name, order=i, depends_on=deps, env=env,
+                instances=1, instance_of=agent.name))
+    return out_agents, out_groups
 
 
 def start_order(agents: tuple[AgentSpec, ...], groups: tuple[GroupSpec, ...]) \
@@ -260,10 +304,16 @@ def start_order(agents: tuple[AgentSpec, ...], groups: tuple[GroupSpec, ...]) \
     children: dict[str | None, list[tuple[int, int, str, str]]] = {None: []}
     for g in groups:
         children.setdefault(g.name, [])
+    first_instance: dict[str, int] = {}
     for i, a in enumerate(agents):
         children[a.group].append((a.order, i, "agent", a.name))
+        if a.instance_of is not None:
+            first_instance.setdefault(a.instance_of, i)
     for i, g in enumerate(groups):
-        children.setdefault(g.parent, []).append((g.order, len(agents) + i, "group", g.name))
+        # An agent's instances start where the agent would have: in its file position.
+        at = first_instance.get(g.instances_of, len(agents) + i) \
+            if g.instances_of is not None else len(agents) + i
+        children.setdefault(g.parent, []).append((g.order, at, "group", g.name))
     deps = {a.name: set(a.depends_on) for a in agents}
     plan: dict[str | None, list[tuple[str, str]]] = {}
     for group, items in children.items():

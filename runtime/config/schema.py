@@ -27,6 +27,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,47}$")
 _ENTRY = re.compile(r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_METRIC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]{0,63})\s+(below|above|<|>)\s+"
+                     r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
+_PERCENT = re.compile(r"^(\d{1,3})%$")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
 
@@ -50,6 +55,11 @@ def key(spec: tuple[Callable[[Any], Any], str], default: Any = MISSING) -> Any:
     the loader validates a TOML table against their fields.
     """
     return field(default=default, metadata={"key": Key(spec[0], spec[1])})
+
+
+def derived(meaning: str, default: Any = None) -> Any:
+    """A field that is not a config key: the loader sets it (e.g. on an agent's instances)."""
+    return field(default=default, metadata={"derived": meaning})
 
 
 def table(cls: type) -> Any:
@@ -110,7 +120,58 @@ def _int_range(lo: int, hi: int) -> tuple[Callable[[Any], Any], str]:
     return _typed(int, expected=f"an integer from {lo} to {hi}", check=lambda v: lo <= v <= hi)
 
 
+def parse_duration(value: Any) -> float:
+    """Seconds from a number (seconds) or a string like "10m", "1h30m", "250ms"."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int | float):
+        if value < 0 or value != value or value == float("inf"):
+            raise ValueError
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError
+    text = value.strip().lower().replace(" ", "")
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            raise ValueError
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        raise ValueError
+    return total
+
+
+def _steps(value: Any) -> tuple[int | str, ...]:
+    """Rollout steps: a non-empty list of instance counts (>= 1) and percentages ("50%")."""
+    if not isinstance(value, list) or not value:
+        raise ValueError
+    out: list[int | str] = []
+    for step in value:
+        if isinstance(step, int) and not isinstance(step, bool) and step >= 1:
+            out.append(step)
+        elif isinstance(step, str) and (m := _PERCENT.match(step.strip())) \
+                and 1 <= int(m.group(1)) <= 100:
+            out.append(f"{int(m.group(1))}%")
+        else:
+            raise ValueError
+    return tuple(out)
+
+
+def _gate_metric(value: Any) -> tuple[str, str, float]:
+    """`"errors below 1"` -> ("errors", "below", 1.0); `<` and `>` work too."""
+    if not isinstance(value, str) or not (m := _METRIC.match(value)):
+        raise ValueError
+    bound = {"<": "below", ">": "above"}.get(m.group(2), m.group(2))
+    return m.group(1), bound, float(m.group(3))
+
+
 SIZE = (_size, 'a size in bytes, e.g. 67108864 or "64MiB"')
+DURATION = (parse_duration, 'a duration: seconds, or a string such as "500ms", "60s", "5m", '
+            '"24h"')
+STEPS = (_steps, 'a list of instance counts and percentages, e.g. [1, "50%", "100%"]')
+GATE_METRIC = (_gate_metric, 'a bound on one of the agent\'s metrics, e.g. "errors below 1" '
+               'or "queue_depth < 100" (counters: their increase during the gate)')
 PATH = _typed(str, expected="a path (relative paths start at the config file's folder)",
               check=lambda v: bool(v.strip()))
 UID_LIST = _typed(list, expected="a list of integers",
@@ -238,6 +299,17 @@ class ControlSection:
 
     allowed_uids: tuple[int, ...] = key(UID_LIST, ())
     allowed_gids: tuple[int, ...] = key(UID_LIST, ())
+    # How long a mutating request's id is remembered (a repeat gets the first answer).
+    request_id_ttl: float = key(DURATION, 24 * 3600.0)
+
+
+@dataclass(frozen=True)
+class RolloutsSection:
+    """[rollouts]: defaults of `outpost deploy` (an agent may set its own gate and steps)."""
+
+    gate: float = key(DURATION, 60.0)  # how long a new version must stay healthy
+    steps: tuple[int | str, ...] = key(STEPS, (1, "50%", "100%"))  # for instances > 1
+    keep_releases: int = key(_int_range(1, 100), 3)  # per agent, the current one included
 
 
 @dataclass(frozen=True)
@@ -314,6 +386,12 @@ class AgentSpec:
     max_runtime_s: float = key(_non_negative("a number of seconds >= 0 (0 = off)"), 0.0)
     log_max_bytes: int = key(SIZE, 1 << 20)
     log_keep: int = key(_int_range(0, 100), 3)
+    # Run N instances of this spec, named <name>@1 .. <name>@N under a group <name>.
+    instances: int = key(_int_range(1, 1000), 1)
+    gate: float | None = key(DURATION, None)  # rollouts: None = [rollouts] gate
+    gate_metric: tuple[str, str, float] | None = key(GATE_METRIC, None)
+    steps: tuple[int | str, ...] | None = key(STEPS, None)  # None = [rollouts] steps
+    instance_of: str | None = derived("the agent this is an instance of (name@i)")
 
 
 @dataclass(frozen=True)
@@ -327,6 +405,7 @@ class GroupSpec:
     strategy: str = key(_choice(STRATEGIES), "one_for_one")
     max_restarts: int = key(_int_range(0, 10**6), 100)
     restart_window_s: float = key(_positive(), 60.0)
+    instances_of: str | None = derived("the agent whose instances this group holds")
 
 
 WHEN_FULL = ("drop_oldest", "refuse_new")
@@ -451,7 +530,7 @@ class UplinkSection:
 SECTIONS: dict[str, type] = {
     "runtime": RuntimeSection, "store": StoreSection, "shm": ShmSection,
     "control": ControlSection, "maintain": MaintainSection, "supervisor": SupervisorSection,
-    "http": HttpSection,
+    "http": HttpSection, "rollouts": RolloutsSection,
 }
 ARRAYS: dict[str, type] = {"groups": GroupSpec, "agents": AgentSpec}
 OPTIONAL_SECTIONS: dict[str, type] = {"uplink": UplinkSection}  # absent = feature off
@@ -471,6 +550,8 @@ class Config:
     shm_slots: int = ShmSection.slots
     allowed_uids: tuple[int, ...] = ControlSection.allowed_uids
     allowed_gids: tuple[int, ...] = ControlSection.allowed_gids
+    request_id_ttl_s: float = ControlSection.request_id_ttl
+    rollouts: RolloutsSection = field(default_factory=RolloutsSection)
     agents: tuple[AgentSpec, ...] = ()
     groups: tuple[GroupSpec, ...] = ()
     supervisor: SupervisorSection = field(default_factory=SupervisorSection)

@@ -5,7 +5,10 @@ socket (the server passes its peer as the `Caller`), and rooms acting in
 process (a rule, a job, the uplink). That makes it the one place where params
 are validated (each handler declares them, see runtime.control.params), where
 an unexpected exception becomes an `internal` answer instead of a crash, and
-where later request ids and audit events hook in.
+where a method declared mutating (`accepts(..., mutates=...)`) is handed to
+the guard (runtime.control.mutations): request ids that apply once, one
+mutation at a time per agent, the audit event. The table wraps such a
+handler when it is added, so a read-only call pays nothing for any of it.
 
 No trio here: importing the control package costs a client command nothing.
 """
@@ -17,10 +20,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.control.errors import MethodError
-from runtime.control.params import Params, params_of
+from runtime.control.params import Mutates, Params, params_of
 
 log = logging.getLogger("outpost.control")
 
@@ -81,12 +84,27 @@ def as_method_error(exc: Exception, method: str) -> MethodError:
     return MethodError("internal", f"{type(exc).__name__}: {exc}")
 
 
+class Guard(Protocol):
+    """What runs a mutating method (runtime.control.mutations.Mutations is the one)."""
+
+    async def apply(self, method: str, mutates: Mutates, args: dict[str, Any],
+                    caller: Caller, handler: Handler) -> Any: ...
+
+
 class Methods:
     """Control methods by name, each with the params it declared."""
 
-    def __init__(self) -> None:
-        # name -> (handler, its params, what it gets for no params: None if that is refused)
+    def __init__(self, guard: Guard | None = None) -> None:
+        # name -> (handler, its params, what it gets for no params: None if that is refused).
+        # A mutating method's handler is wrapped in the guard (see `_guarded`), so a
+        # read-only call runs exactly as before: nothing here tests for mutations.
         self._table: dict[str, tuple[Handler, Params, dict[str, Any] | None]] = {}
+        self._guard = guard
+
+    def use_guard(self, guard: Guard | None) -> None:
+        """Run mutating methods through `guard` from now on (None: run them bare, as in
+        tests of a room's handlers on their own)."""
+        self._guard = guard
 
     def add(self, handlers: Mapping[str, Handler]) -> None:
         """Add `handlers` by name. ValueError if a name is taken; TypeError if a
@@ -99,7 +117,9 @@ class Methods:
             if spec is None:
                 raise TypeError(f"control method {name!r} does not declare its params: "
                                 "decorate it with runtime.control.params.accepts(...)")
-            entries[name] = (handler, spec, spec.parse(None) if spec.optional else None)
+            run = handler if spec.mutates is None else self._guarded(name, spec.mutates,
+                                                                      handler)
+            entries[name] = (run, spec, spec.parse(None) if spec.optional else None)
         self._table.update(entries)  # all or nothing
 
     def names(self) -> list[str]:
@@ -113,6 +133,19 @@ class Methods:
         """What method `name` accepts (KeyError if there is no such method)."""
         return self._table[name][1]
 
+    def mutates(self, name: str) -> Mutates:
+        """What method `name` declared it mutates (None: read-only; KeyError if unknown)."""
+        return self._table[name][1].mutates
+
+    def _guarded(self, method: str, mutates: Mutates, handler: Handler) -> Handler:
+        """`handler` run through the guard in force when it is called."""
+        async def guarded(args: dict[str, Any]) -> Any:
+            guard = self._guard
+            if guard is None:
+                return await handler(args)
+            return await guard.apply(method, mutates, args, _caller.get(), handler)
+        return guarded
+
     async def call(self, method: str, params: Mapping[str, Any] | None = None,
                    *, caller: Caller = INTERNAL) -> Any:
         """Run `method` with `params` on behalf of `caller`; its result (or a Stream).
@@ -121,6 +154,11 @@ class Methods:
         params it did not declare or of the wrong type or range (before the handler
         runs), a handler's own MethodError as it is, and any other exception logged
         and raised as MethodError("internal").
+
+        A mutating method takes `params["request_id"]`: a repeated request with it
+        answers the first time's answer without applying again. An in-process
+        caller with ids of its own (the uplink's message ids) passes them there,
+        or through `request`.
         """
         entry = self._table.get(method)
         if entry is None:
@@ -140,3 +178,13 @@ class Methods:
             raise as_method_error(exc, method) from None
         finally:
             _caller.reset(token)
+
+    async def request(self, method: str, params: Mapping[str, Any] | None = None, *,
+                      request_id: str | None = None, caller: Caller = INTERNAL) -> Any:
+        """`call` with the request id given apart from the params (the uplink's
+        CommandPort.call has this shape): `await methods.request("send", {...},
+        request_id=nats_msg_id, caller=Caller("uplink"))`. Kept apart from `call` so
+        the hot path of every other call stays as short as it is."""
+        if request_id is not None:
+            params = {**(params or {}), "request_id": request_id}
+        return await self.call(method, params, caller=caller)

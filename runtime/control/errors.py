@@ -23,7 +23,10 @@ METHOD_CODES: dict[str, str] = {
                      "offline only)",
     "failed": "the request was understood but could not be done (the message says why)",
     "bad_config": "reload: the config file does not load; nothing was applied",
-    "busy": "maintain: another maintenance task is running; try again later",
+    "busy": "the agent is being changed by another request (or a rollout), or another "
+            "maintenance task is running; try again later, or pass wait (--wait)",
+    "conflict": "this request id was already used for a different request (another method "
+                "or other params); use a new id for a new request",
     "lagged": "events.follow: this follower fell too far behind and was dropped",
     "internal": "a bug in the runtime (logged with its traceback); the runtime goes on",
 }

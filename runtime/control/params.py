@@ -14,6 +14,13 @@ jobs, rollouts, uplink) declare theirs the same way.
 
 Null means "not given" for an optional param (its default applies) and is
 refused for a required one, except for `Value` params, where null is a value.
+
+A method that changes something declares it: `@accepts(..., mutates="agent")`
+(the param naming the agent it changes), `mutates=EVERY_AGENT` (e.g. reload)
+or `mutates=True` (no agent lock). Such a method also takes `request_id` and
+`wait`, declared here once for all of them; `Methods.call` hands the call to
+its guard (runtime.control.mutations): apply once per request id, one
+mutation at a time per agent, an audit event.
 """
 
 from __future__ import annotations
@@ -160,11 +167,35 @@ class Value(Param):
     nullable = True
 
 
+EVERY_AGENT = "*"
+"""`mutates=EVERY_AGENT`: the method changes every agent (reload): it waits for, or
+is refused by, a mutation of any agent, and holds them all off while it runs."""
+
+Mutates = str | bool | None
+"""None: read-only. A param name: that param names the agent changed. EVERY_AGENT.
+True: mutating, with no agent lock (the handler may take one itself)."""
+
+REQUEST_ID_MAX = 128
+MUTATION_PARAMS = (
+    Str("request_id", max_len=REQUEST_ID_MAX,
+        doc="apply once: a second request with this id gets the first answer"),
+    Bool("wait", default=False,
+         doc="wait for the agent's current mutation to end instead of answering busy"),
+)
+"""What every mutating method takes besides its own params."""
+
+
 class Params:
     """What one method accepts. `parse` turns a request's raw params into the dict
     its handler gets: every declared name present (defaults filled in)."""
 
-    def __init__(self, *params: Param, open: bool = False) -> None:
+    def __init__(self, *params: Param, open: bool = False, mutates: Mutates = None) -> None:
+        if mutates is not None and mutates is not False:
+            if isinstance(mutates, str) and mutates != EVERY_AGENT and \
+                    mutates not in {p.name for p in params}:
+                raise ValueError(f"mutates={mutates!r} names no declared param")
+            params = (*params, *MUTATION_PARAMS)
+        self.mutates: Mutates = None if mutates is False else mutates
         self._params = {p.name: p for p in params}
         if len(self._params) != len(params):
             raise ValueError("a param is declared twice")
@@ -222,9 +253,10 @@ class Params:
         return MethodError("bad_params", f"{where}.{param.name} is required: {what}")
 
 
-def accepts(*params: Param, open: bool = False) -> Callable[[F], F]:
-    """Declare the params of the handler it decorates (the handler itself is unchanged)."""
-    spec = Params(*params, open=open)
+def accepts(*params: Param, open: bool = False, mutates: Mutates = None) -> Callable[[F], F]:
+    """Declare the params of the handler it decorates (the handler itself is unchanged);
+    `mutates` says what it changes (see the module docstring)."""
+    spec = Params(*params, open=open, mutates=mutates)
 
     def declare(handler: F) -> F:
         setattr(handler, _PARAMS_ATTR, spec)

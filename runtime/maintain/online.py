@@ -14,6 +14,7 @@ import trio
 from runtime.config import Config
 from runtime.control.dispatch import Handler
 from runtime.control.errors import MethodError
+from runtime.control.ledger import RequestLedger
 from runtime.control.params import Str, accepts
 from runtime.events import EventLog
 from runtime.maintain.disk import DiskGuard
@@ -26,11 +27,13 @@ TaskResult's plain data) out."""
 
 
 def online_tasks(config: Config, store: Store, book: StateBook, events: EventLog,
-                 guard: DiskGuard) -> dict[str, MaintenanceTask]:
-    """Every task that can run online, by name, working on these parts of the runtime."""
+                 guard: DiskGuard, requests: RequestLedger | None = None) \
+        -> dict[str, MaintenanceTask]:
+    """Every task that can run online, by name, working on these parts of the runtime
+    (`requests`: the live request ledger, which `prune` also prunes)."""
     running = trio.Lock()
     maintenance = Maintenance(config, store, book, events, online=True,
-                              compact=store.compact_online, guard=guard)
+                              compact=store.compact_online, guard=guard, requests=requests)
 
     def bind(name: str) -> MaintenanceTask:
         @accepts(Str("arg", doc="the task's argument, e.g. backup's destination folder"))

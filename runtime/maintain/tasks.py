@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from runtime.config import Config
+from runtime.control.ledger import RequestLedger
 from runtime.events import EventLog
 from runtime.maintain import copy, disk
 from runtime.maintain.archive import archive_events
@@ -38,6 +39,7 @@ class Maintenance:
     progress: Progress | None = None
     compact: Callable[[], Awaitable[dict]] | None = None
     guard: disk.DiskGuard | None = None  # online: re-checked after disk maintenance
+    requests: RequestLedger | None = None  # online: the live one (offline: loaded to prune)
 
     def setting(self, key: str) -> Any:
         """A [maintain] setting (the loader fills every key, paths made absolute)."""
@@ -63,14 +65,17 @@ async def task_checkpoint(m: Maintenance, arg: str | None = None) -> TaskResult:
 
 
 async def task_prune(m: Maintenance, arg: str | None = None) -> TaskResult:
-    """Drop WAL records that retained checkpoints cover."""
+    """Drop WAL records that retained checkpoints cover, and request ids past their TTL."""
     result = TaskResult("prune")
     removed = {}
     for stream in m.store.streams():
         if m.store.checkpoints(stream):
             removed[stream] = await m.store.prune(stream)
-    result.summary = f"pruned {sum(removed.values())} WAL record(s)"
-    result.details = {"removed": removed}
+    requests = m.requests if m.requests is not None else await RequestLedger.load(m.store)
+    expired = await requests.prune(m.config.request_id_ttl_s)
+    result.summary = (f"pruned {sum(removed.values())} WAL record(s) and {expired} request "
+                      "id(s)")
+    result.details = {"removed": removed, "request_ids_expired": expired}
     return result
 
 

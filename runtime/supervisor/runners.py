@@ -40,11 +40,14 @@ CHANNEL_GRACE_S = 0.2  # after an exit, how long to wait for its last frame (its
 
 
 class _Runner:
-    """What every kind of instance shares: the events of its start and its readiness."""
+    """What every kind of instance shares: the check before a start, the events of its
+    start and its readiness."""
 
-    def __init__(self, emit: Callable[..., None], health: Health) -> None:
+    def __init__(self, emit: Callable[..., None], health: Health,
+                 check: Callable[[str], str | None] = lambda name: None) -> None:
         self._emit = emit
         self._health = health
+        self._check = check  # why an agent must not start (a release failing verification)
 
     def started(self, child: Child, pid: int, report: Callable[[], None]) -> None:
         child.mark_started(pid)
@@ -65,12 +68,19 @@ class _Runner:
         """`run_once`, contained (a bug of ours is the instance's failure, not the
         runtime's), its exit logged and emitted."""
         child.state = STARTING
-        try:
-            exit = await self.run_once(child, report)
-        except Exception as exc:
-            log.exception("agent %s: supervisor error", child.name)
+        refused = self._check(child.name)
+        if refused is not None:
+            log.error("agent %s not started: %s", child.name, refused)
+            self._emit("release-refused", child.name, reason=refused)
             report()
-            exit = Exit(True, f"supervisor error: {exc_summary(exc)}")
+            exit = Exit(True, f"could not start: {refused}")
+        else:
+            try:
+                exit = await self.run_once(child, report)
+            except Exception as exc:
+                log.exception("agent %s: supervisor error", child.name)
+                report()
+                exit = Exit(True, f"supervisor error: {exc_summary(exc)}")
         child.last_exit = exit.summary
         log.log(logging.ERROR if exit.failed else logging.INFO, "agent %s %s", child.name,
                 exit.summary)
@@ -85,8 +95,8 @@ class TaskRunner(_Runner):
     """Runs `task` agents: `await main(ctx)` inside a cancel scope of the runner's task."""
 
     def __init__(self, emit: Callable[..., None], health: Health,
-                 make_context: MakeContext) -> None:
-        super().__init__(emit, health)
+                 make_context: MakeContext, check: Callable[[str], str | None]) -> None:
+        super().__init__(emit, health, check)
         self._make_context = make_context
         self._entries: dict[str, tuple[tuple, Any]] = {}
 
@@ -154,8 +164,9 @@ class ProcessRunner(_Runner):
 
     def __init__(self, emit: Callable[..., None], health: Health, metrics: Metrics, *,
                  template: Any, book: Any, segment: Any, mailboxes: Any, pids: procs.PidRecord,
-                 log_dir: Path | None, log_level: str) -> None:
-        super().__init__(emit, health)
+                 log_dir: Path | None, log_level: str,
+                 check: Callable[[str], str | None] = lambda name: None) -> None:
+        super().__init__(emit, health, check)
         self.template = template
         self.book = book
         self.segment = segment

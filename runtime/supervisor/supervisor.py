@@ -38,8 +38,10 @@ from runtime.supervisor import policy, procs
 from runtime.supervisor.errors import InvalidReloadError
 from runtime.supervisor.health import Health
 from runtime.supervisor.metrics import Metrics
+from runtime.supervisor.overrides import Overrides, ReleaseOverride
 from runtime.supervisor.runners import MakeContext, ProcessRunner, TaskRunner
 from runtime.supervisor.tree import (
+    DEGRADED,
     FAILED,
     RESTARTING,
     RUNNING,
@@ -86,8 +88,11 @@ class Supervisor:
                  log_dir: Path | None = None,
                  data_dir: Path | None = None,
                  log_level: str = "info",
-                 on_root_give_up: Callable[[str], None] | None = None) -> None:
+                 on_root_give_up: Callable[[str], None] | None = None,
+                 verify_release: Callable[[str, str], None] | None = None) -> None:
         root = root or SupervisorSection()
+        # Agents running from a release (a rollout sets them), checked before every start.
+        self.overrides = Overrides(verify_release)
         self.tree = Tree(root)
         self.on_give_up = root.on_give_up
         self.directory = AgentDirectory() if directory is None else directory
@@ -96,10 +101,11 @@ class Supervisor:
         self.pids = procs.PidRecord(data_dir)
         self.metrics = Metrics(segment)
         health = Health(heartbeat_age, self.metrics, self.pids, emit)
-        self._task = TaskRunner(emit, health, make_context)
+        check = self.overrides.check
+        self._task = TaskRunner(emit, health, make_context, check)
         self._process = ProcessRunner(emit, health, self.metrics, template=template, book=book,
                                       segment=segment, mailboxes=mailboxes, pids=self.pids,
-                                      log_dir=log_dir, log_level=log_level)
+                                      log_dir=log_dir, log_level=log_level, check=check)
         self._on_root_give_up = on_root_give_up
         self.root_failure: str | None = None
         self._build(tuple(specs), tuple(groups))
@@ -107,7 +113,7 @@ class Supervisor:
     # -- the tree ---------------------------------------------------------------------
 
     def _build(self, specs: tuple[AgentSpec, ...], groups: tuple[GroupSpec, ...]) -> None:
-        self.tree.build(specs, groups)
+        self.tree.build(self.overrides.shape(specs), groups)
         self.directory.replace(specs)
 
     @property
@@ -133,7 +139,8 @@ class Supervisor:
 
     def status_rows(self) -> list[tuple]:
         """One tuple of STATUS_COLUMNS values per agent, in start order (see Tree.status_rows)."""
-        return self.tree.status_rows(trio.current_time(), self._heartbeat_age)
+        return self.tree.status_rows(trio.current_time(), self._heartbeat_age,
+                                     self.overrides.release_of)
 
     def status(self) -> list[dict]:
         """One plain-data row per agent, in start order (STATUS_COLUMNS are the keys)."""
@@ -197,7 +204,7 @@ class Supervisor:
         finally:
             report()
             node.running_runner = False
-            if node.state not in (FAILED, RESTARTING):
+            if node.state not in (FAILED, RESTARTING, DEGRADED):
                 node.state = STOPPED
             if isinstance(node, Child):
                 node.clear_instance()
@@ -378,6 +385,7 @@ class Supervisor:
         """Start a stopped agent (or group). UnknownAgentError for an unknown name."""
         node = self.tree.get(name)
         node.user_stopped = False
+        node.degraded = None
         if node.running_runner:
             return
         await self._start_node(node)
@@ -415,6 +423,7 @@ class Supervisor:
             await self._stop_node(node)
         node.record = node.record.fresh()
         node.user_stopped = False
+        node.degraded = None
         node.state = STOPPED
         self._emit("restart", node.name if isinstance(node, Child) else None,
                    delay_s=0.0, restarts=node.restarts, reason="restart requested",
@@ -444,7 +453,7 @@ class Supervisor:
             self.root.spec = root_spec(specs_or_config.supervisor)
             self.on_give_up = specs_or_config.supervisor.on_give_up
         agents = self.tree.agents
-        result = self.tree.diff(specs)
+        result = self.tree.diff(self.overrides.shape(specs))
         for name in reversed(result["removed"] + result["changed"]):
             await self._stop_node(agents[name])
         for name in result["removed"]:
@@ -458,6 +467,7 @@ class Supervisor:
             child = agents[name]
             child.record = child.record.fresh()
             child.user_stopped = False
+            child.degraded = None
             if child.parent is not None and (child.parent.is_running()
                                              or child.parent.parent is not None):
                 await self._start_node(child)
@@ -467,3 +477,30 @@ class Supervisor:
                 await self._start_node(group)
         self._emit("reload", None, **result)
         return result
+
+    async def degrade_agent(self, name: str, reason: str) -> None:
+        """Stop agent (or group) `name` and keep it stopped, marked `degraded`, its state
+        kept, until it is started or restarted (a rule's brake on a misbehaving agent)."""
+        node = self.tree.get(name)
+        await self.stop_agent(name)
+        nodes = [node] if isinstance(node, Child) else \
+            [self.tree.agents[n] for n in self.tree.scope_of(name) if n in self.tree.agents]
+        for each in nodes:
+            each.degraded = reason
+            each.state = DEGRADED
+            self._emit("degrade", each.name, reason=reason)
+
+    def use_release(self, name: str, override: ReleaseOverride | None) -> list[str]:
+        """Run agent `name` (or every instance of it) from `override` from its next start
+        on (None: the config's own code again); returns the agents it applies to."""
+        if name not in self.tree.agents and name not in self.tree.groups:
+            self.tree.get(name)  # UnknownAgentError
+        self.overrides.set(name, override)
+        names = [n for n in self.tree.scope_of(name) if n in self.tree.agents]
+        for each in names:
+            self.tree.agents[each].spec = self.overrides.effective(each)
+        return names
+
+    def scope_of(self, name: str) -> list[str]:
+        """Every agent and group a change of `name` touches (for one mutation at a time)."""
+        return self.tree.scope_of(name)

@@ -18,11 +18,11 @@ from runtime.config.schema import GroupSpec, SupervisorSection
 from runtime.supervisor.errors import UnknownAgentError
 from runtime.supervisor.policy import RestartRecord
 
-RUNNING, RESTARTING, FAILED, STOPPED, STARTING = (
-    "running", "restarting", "failed", "stopped", "starting")
+RUNNING, RESTARTING, FAILED, STOPPED, STARTING, DEGRADED = (
+    "running", "restarting", "failed", "stopped", "starting", "degraded")
 STATUS_COLUMNS = ("name", "kind", "group", "state", "pid", "restarts", "uptime_s",
                   "heartbeat_age_s", "last_exit", "cpu_percent", "memory_rss_bytes",
-                  "ready", "status")
+                  "ready", "status", "release")
 
 
 @dataclass(eq=False)
@@ -40,6 +40,7 @@ class Node:
     running_runner: bool = False
     kill_reason: str | None = None
     user_stopped: bool = False  # stopped by request: not started with its group
+    degraded: str | None = None  # why it was degraded (stopped, kept so until started)
     runner_scope: trio.CancelScope | None = None
 
     @property
@@ -166,6 +167,22 @@ class Tree:
         walk(self.root)
         return out
 
+    def scope_of(self, name: str) -> list[str]:
+        """Every name a change of `name` touches: an agent itself; a group itself and every
+        node under it (so holding a group holds its agents)."""
+        group = self.groups.get(name)
+        if group is None:
+            return [name]
+        out = [name]
+
+        def walk(g: Group) -> None:
+            for node in g.children:
+                out.append(node.name)
+                if isinstance(node, Group):
+                    walk(node)
+        walk(group)
+        return out
+
     def get(self, name: str) -> Node:
         """The agent or group called `name`; UnknownAgentError if there is none."""
         node = self.agents.get(name) or self.groups.get(name)
@@ -182,8 +199,8 @@ class Tree:
                 "changed": [n for n in new if n in old and old[n].spec != new[n]],
                 "unchanged": [n for n in new if n in old and old[n].spec == new[n]]}
 
-    def status_rows(self, now: float, heartbeat_age: Callable[[str], float | None]) \
-            -> list[tuple]:
+    def status_rows(self, now: float, heartbeat_age: Callable[[str], float | None],
+                    release_of: Callable[[str], str | None] = lambda name: None) -> list[tuple]:
         """One tuple of STATUS_COLUMNS values per agent, in start order, at `now`.
 
         Tuples, not dicts: the control socket sends them as a table
@@ -198,7 +215,7 @@ class Tree:
                 child.name, child.spec.kind, child.path, child.state, child.pid, child.restarts,
                 None if uptime is None else round(uptime, 3), heartbeat_age(child.name),
                 child.last_exit, child.cpu_percent, child.memory_rss_bytes,
-                running and child.ready.is_set(), child.status_text,
+                running and child.ready.is_set(), child.status_text, release_of(child.name),
             ))
         return rows
 

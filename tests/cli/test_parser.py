@@ -27,7 +27,8 @@ from tests.runtime_proc import ROOT
 
 COMMANDS = {"run", "status", "state get", "state set", "state delete", "send", "events",
             "metrics", "top", "info", "stop", "shutdown", "checkpoint", "reload",
-            "agent start", "agent stop", "agent restart", "maintain"}
+            "agent start", "agent stop", "agent restart", "agent degrade", "maintain",
+            "deploy", "rollout status", "rollback", "releases"}
 LOCAL = {"run", "maintain"}  # they read the config themselves; no --socket, no --json flag
 
 

@@ -1,0 +1,1 @@
+"""Rollouts: versioned deploys with health gates, steps over instances and rollback."""
