@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+# scripts/bench/http.py would shadow the stdlib's http (xmlrpc.client needs it).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 from tests.runtime_proc import RuntimeProc, wait_for  # noqa: E402
